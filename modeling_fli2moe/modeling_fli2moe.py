@@ -1,0 +1,577 @@
+"""FL-I2MoE: a feature-level interaction-aware mixture-of-experts layer over frozen-encoder tokens.
+
+SPEC sections 2-3. The experts' weights carry a leading expert dimension so that all experts, and the
+clean and modality-knocked-out copies of a batch used by the interaction losses, run as a few large
+batched kernels instead of Python loops.
+
+This file travels with checkpoints as remote code: it imports only torch and transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_fli2moe import FLI2MoEConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FLI2MoEOutput(ModelOutput):
+    r"""Output of [`FLI2MoEModel`].
+
+    Args:
+        loss (`torch.Tensor` of shape `()`, *optional*): task loss + lambda_int * interaction loss
+            (only when `labels` are given).
+        logits (`torch.Tensor` of shape `(B, C)`): the mixture's logits `sum_e w_e * logits_e`.
+        expert_logits (`torch.Tensor` of shape `(B, E, C)`): every expert's logits (also at inference).
+        expert_weights (`torch.Tensor` of shape `(B, E)`): router weights (ones for the dense model).
+        latents (`torch.Tensor` of shape `(B, E, M * H)`): pooled per-expert latents of the clean input.
+        task_loss (`torch.Tensor` of shape `()`, *optional*): the task loss alone.
+        interaction_loss (`torch.Tensor` of shape `()`, *optional*): mean of the experts' interaction losses.
+        expert_interaction_losses (`torch.Tensor` of shape `(E,)`, *optional*): each expert's interaction loss.
+        attentions (`tuple[torch.Tensor]`, *optional*): with `output_attentions=True`, one tensor per layer
+            of shape `(E, B, num_heads, T, T)` over the joined token sequence (modalities in config order).
+            These are the tensors used in the computation, so gradients with respect to them are defined.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    expert_logits: torch.Tensor | None = None
+    expert_weights: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    task_loss: torch.Tensor | None = None
+    interaction_loss: torch.Tensor | None = None
+    expert_interaction_losses: torch.Tensor | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# --------------------------------------------------------------------------------------------- layers
+class StackedLinear(nn.Module):
+    """`num_experts` independent linear layers applied in one batched matmul.
+
+    Input `(E, ..., in_features)` -> `(E, ..., out_features)`. `experts` selects a subset of the experts
+    (then the input's leading dimension is `len(experts)`).
+    """
+
+    def __init__(self, num_experts: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(num_experts, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(num_experts, out_features))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if experts is not None:
+            weight, bias = weight[experts], bias[experts]
+        e = x.shape[0]
+        flat = x.reshape(e, -1, self.in_features)
+        out = torch.baddbmm(bias.unsqueeze(1).to(flat.dtype), flat, weight.to(flat.dtype))
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class StackedLayerNorm(nn.Module):
+    """`num_experts` independent LayerNorms over the last dimension of `(E, ..., H)`."""
+
+    def __init__(self, num_experts: int, hidden_size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_experts, hidden_size))
+        self.bias = nn.Parameter(torch.zeros(num_experts, hidden_size))
+
+    def forward(self, x: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if experts is not None:
+            weight, bias = weight[experts], bias[experts]
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        y = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        return y * weight.view(shape).to(y.dtype) + bias.view(shape).to(y.dtype)
+
+
+def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Fixed sinusoidal position codes `(length, dim)`, counted inside one modality."""
+    position = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
+    div = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, device=device, dtype=torch.float32)
+    pe[:, 0::2] = torch.sin(position * div)
+    pe[:, 1::2] = torch.cos(position * div[: dim // 2])
+    return pe.to(dtype)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim -2 of `x (..., T, H)` where `mask (..., T)` is true; zeros for an all-padding row."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(-2) / m.sum(-2).clamp_min(1.0)
+
+
+class ExpertBlock(nn.Module):
+    """One pre-LayerNorm block for all experts: joint self-attention, then a per-modality feed-forward."""
+
+    def __init__(self, config: FLI2MoEConfig, num_experts: int) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.num_heads = config.num_heads
+        self.head_dim = h // config.num_heads
+        self.attn_norm = StackedLayerNorm(num_experts, h)
+        self.qkv = StackedLinear(num_experts, h, 3 * h)
+        self.attn_out = StackedLinear(num_experts, h, h)
+        self.ffn_norm = StackedLayerNorm(num_experts, h)
+        # our choice (SPEC 2 "a feed-forward block applied to each modality's segment"): one FFN per modality
+        self.ffn_in = nn.ModuleList(
+            StackedLinear(num_experts, h, config.ffn_multiplier * h) for _ in range(config.num_modalities)
+        )
+        self.ffn_out = nn.ModuleList(
+            StackedLinear(num_experts, config.ffn_multiplier * h, h) for _ in range(config.num_modalities)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor,
+        segments: Sequence[tuple[int, int]],
+        experts: torch.Tensor | None = None,
+        record_attention: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`x (E, B, T, H)`, `key_mask (B, T)` bool (true = attend). Returns the new `x` and, if asked,
+        the attention probabilities `(E, B, heads, T, T)`."""
+        e, b, t, h = x.shape
+        qkv = self.qkv(self.attn_norm(x, experts), experts)
+        qkv = qkv.view(e, b, t, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (E, B, heads, T, d)
+        mask = key_mask[None, :, None, None, :]  # (1, B, 1, 1, T)
+        probs = None
+        if record_attention:
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            probs = scores.softmax(dim=-1)
+            ctx = probs @ v
+        else:
+            ctx = F.scaled_dot_product_attention(
+                q.reshape(e * b, self.num_heads, t, self.head_dim),
+                k.reshape(e * b, self.num_heads, t, self.head_dim),
+                v.reshape(e * b, self.num_heads, t, self.head_dim),
+                attn_mask=mask.expand(e, b, 1, 1, t).reshape(e * b, 1, 1, t),
+            ).view(e, b, self.num_heads, t, self.head_dim)
+        ctx = ctx.transpose(2, 3).reshape(e, b, t, h)
+        x = x + self.dropout(self.attn_out(ctx, experts))
+
+        normed = self.ffn_norm(x, experts)
+        ffn = torch.cat(
+            [
+                fout(F.gelu(fin(normed[:, :, start:end], experts)), experts)
+                for (start, end), fin, fout in zip(segments, self.ffn_in, self.ffn_out)
+            ],
+            dim=2,
+        )
+        x = x + self.dropout(ffn)
+        return x, probs
+
+
+class StackedExperts(nn.Module):
+    """`num_experts` expert Transformers with stacked weights, plus their classification heads."""
+
+    def __init__(self, config: FLI2MoEConfig, num_experts: int) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.layers = nn.ModuleList(ExpertBlock(config, num_experts) for _ in range(config.num_layers))
+        self.final_norm = StackedLayerNorm(num_experts, config.hidden_size)
+        self.head = StackedLinear(num_experts, config.num_modalities * config.hidden_size, config.num_labels)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        token_mask: torch.Tensor,
+        segments: Sequence[tuple[int, int]],
+        experts: torch.Tensor | None = None,
+        record_attention: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """`hidden (B, T, H)` shared input, `token_mask (B, T)` bool. Returns expert logits `(E, B, C)`,
+        latents `(E, B, M*H)` and the attention maps if recorded."""
+        e = self.num_experts if experts is None else int(experts.numel())
+        # a row with no valid token at all attends to everything (its outputs are pooled to zero anyway),
+        # so that softmax never sees an all-masked row (no NaN)
+        key_mask = token_mask | ~token_mask.any(dim=-1, keepdim=True)
+        x = hidden.unsqueeze(0).expand(e, *hidden.shape)
+        maps = []
+        for layer in self.layers:
+            x, probs = layer(x, key_mask, segments, experts, record_attention)
+            if record_attention:
+                maps.append(probs)
+        x = self.final_norm(x, experts)
+        pooled = [masked_mean(x[:, :, start:end], token_mask[None, :, start:end]) for start, end in segments]
+        latents = torch.cat(pooled, dim=-1)
+        logits = self.head(latents, experts)
+        return logits, latents, (tuple(maps) if record_attention else None)
+
+
+class Router(nn.Module):
+    """MLP from the L2-normalised, masked-mean-pooled projected modalities to softmax(scores / tau)."""
+
+    def __init__(self, config: FLI2MoEConfig) -> None:
+        super().__init__()
+        dims = [config.num_modalities * config.hidden_size] + [config.router_hidden_size] * (config.router_layers - 1)
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(d_in, d_out), nn.ReLU(), nn.Dropout(config.dropout)]
+        layers.append(nn.Linear(dims[-1], config.num_experts))
+        self.mlp = nn.Sequential(*layers)
+        self.temperature = config.router_temperature
+
+    def forward(self, pooled: Sequence[torch.Tensor]) -> torch.Tensor:
+        z = torch.cat([F.normalize(p, dim=-1) for p in pooled], dim=-1)
+        return torch.softmax(self.mlp(z) / self.temperature, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------- model
+class FLI2MoEPreTrainedModel(PreTrainedModel):
+    config_class = FLI2MoEConfig
+    base_model_prefix = "fli2moe"
+    # main_input_name stays the library default: `features` is a dict, and Trainer's FLOP counter calls
+    # `.numel()` on the main input
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
+        """Load a checkpoint; with `strict=True` (default) refuse one whose tensors do not match the config.
+
+        (The reference code loaded with `strict=False`, silently keeping random weights: SPEC 8.)
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if strict and any(problems.values()):
+            details = "; ".join(f"{k.replace('_', ' ')}: {v[:8]}{' ...' if len(v) > 8 else ''}" for k, v in problems.items() if v)
+            raise ValueError(
+                f"checkpoint {pretrained_model_name_or_path!s} does not match its config ({details}). "
+                "It was saved from a different model or edited; re-save it with save_pretrained, or pass "
+                "strict=False to load it anyway (missing tensors stay randomly initialised)."
+            )
+        return (model, info) if want_info else model
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, StackedLinear):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            init.zeros_(module.bias)
+
+
+class FLI2MoEModel(FLI2MoEPreTrainedModel):
+    """FL-I2MoE classifier (or its dense baseline) over frozen-encoder token features.
+
+    Call it as `model(features={name: (B, T, D)}, attention_mask={name: (B, T)}, labels=...)`; the
+    masks may be omitted (all tokens valid). See [`FLI2MoEOutput`] for what comes back.
+    """
+
+    def __init__(self, config: FLI2MoEConfig) -> None:
+        super().__init__(config)
+        h = config.hidden_size
+        self.modality_names = list(config.modality_names)
+        self.projections = nn.ModuleDict({m["name"]: nn.Linear(m["input_dim"], h) for m in config.modalities})
+        self.modality_embeddings = nn.Embedding(config.num_modalities, h)
+        # per-modality dataset-mean feature token (SPEC 6): the fill for "mean" replacement and for probes
+        self.modality_means = nn.Module()
+        for m in config.modalities:
+            self.modality_means.register_buffer(m["name"], torch.zeros(m["input_dim"]))
+        self.experts = StackedExperts(config, config.num_experts)
+        self.router = Router(config) if config.mixture == "interaction" else None
+        self.post_init()
+
+    # ---------------------------------------------------------------- helpers
+    def set_modality_means(self, means: Mapping[str, torch.Tensor]) -> None:
+        """Store the per-modality dataset-mean feature tokens `(D_m,)` (computed on the train split)."""
+        for name in self.modality_names:
+            if name not in means:
+                raise ValueError(f"set_modality_means: missing modality {name!r}; expected {self.modality_names}")
+            buf = getattr(self.modality_means, name)
+            value = torch.as_tensor(means[name], dtype=buf.dtype, device=buf.device).reshape(-1)
+            if value.shape != buf.shape:
+                raise ValueError(
+                    f"set_modality_means: modality {name!r} needs a mean of shape {tuple(buf.shape)}, got {tuple(value.shape)}"
+                )
+            buf.copy_(value)
+
+    def get_modality_means(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self.modality_means, name) for name in self.modality_names}
+
+    def resolve_experts(self, experts: int | str | Sequence[int | str] | None) -> torch.Tensor | None:
+        """Turn expert names or indices into an index tensor (None = all experts)."""
+        if experts is None:
+            return None
+        items = [experts] if isinstance(experts, (int, str)) else list(experts)
+        names = self.config.expert_names
+        idx = []
+        for item in items:
+            if isinstance(item, str):
+                if item not in names:
+                    raise ValueError(f"unknown expert {item!r}; this model's experts are {names}")
+                idx.append(names.index(item))
+            else:
+                if not 0 <= int(item) < len(names):
+                    raise ValueError(f"expert index {item} out of range; this model has {len(names)} experts {names}")
+                idx.append(int(item))
+        return torch.tensor(idx, dtype=torch.long, device=self.device)
+
+    def _check_inputs(
+        self,
+        features: Mapping[str, torch.Tensor],
+        attention_mask: Mapping[str, torch.Tensor] | None,
+    ) -> tuple[int, dict[str, torch.Tensor]]:
+        if not isinstance(features, Mapping):
+            raise TypeError(
+                f"features must be a dict {{modality name: tensor (B, T, D)}} with keys {self.modality_names}, "
+                f"got {type(features).__name__}"
+            )
+        missing = [n for n in self.modality_names if n not in features]
+        if missing:
+            raise ValueError(
+                f"features is missing modality {missing[0]!r}: this model expects features for {self.modality_names}"
+            )
+        extra = [n for n in features if n not in self.modality_names]
+        if extra:
+            raise ValueError(f"features has unknown modality {extra[0]!r}: this model expects {self.modality_names}")
+        batch = None
+        masks = {}
+        for m in self.config.modalities:
+            name, dim = m["name"], m["input_dim"]
+            x = features[name]
+            if not torch.is_tensor(x) or x.dim() != 3:
+                shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+                raise ValueError(f"features[{name!r}] must be a tensor of shape (B, T, {dim}), got {shape}")
+            if x.shape[-1] != dim:
+                raise ValueError(
+                    f"features[{name!r}] has feature dimension {x.shape[-1]}, but modality {name!r} expects "
+                    f"input_dim={dim} (the frozen encoder's output size); shape (B, T, {dim}) expected"
+                )
+            if x.shape[1] == 0:
+                raise ValueError(f"features[{name!r}] has no tokens (T = 0); pass at least one (padding) token")
+            if batch is None:
+                batch = x.shape[0]
+            elif x.shape[0] != batch:
+                raise ValueError(f"features[{name!r}] has batch size {x.shape[0]}, but other modalities have {batch}")
+            mask = None if attention_mask is None else attention_mask.get(name)
+            if mask is None:
+                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            else:
+                if tuple(mask.shape) != tuple(x.shape[:2]):
+                    raise ValueError(
+                        f"attention_mask[{name!r}] has shape {tuple(mask.shape)}, expected {tuple(x.shape[:2])} "
+                        f"(batch, tokens) to match features[{name!r}]"
+                    )
+                mask = mask.to(device=x.device).bool()
+            masks[name] = mask
+        if attention_mask is not None:
+            extra = [n for n in attention_mask if n not in self.modality_names]
+            if extra:
+                raise ValueError(f"attention_mask has unknown modality {extra[0]!r}: expected {self.modality_names}")
+        return batch, masks
+
+    def project(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Trainable per-modality projection `(B, T, D_m) -> (B, T, H)`."""
+        dtype = self.projections[self.modality_names[0]].weight.dtype
+        return {n: self.projections[n](features[n].to(dtype)) for n in self.modality_names}
+
+    def embed(self, projected: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Add within-modality positions and modality-type embeddings, join the modalities `(B, T, H)`."""
+        parts, segments, start = [], [], 0
+        for i, name in enumerate(self.modality_names):
+            p = projected[name]
+            pos = sinusoidal_positions(p.shape[1], p.shape[2], p.device, p.dtype)
+            parts.append(p + pos + self.modality_embeddings.weight[i].to(p.dtype))
+            segments.append((start, start + p.shape[1]))
+            start += p.shape[1]
+        return torch.cat(parts, dim=1), segments
+
+    def route(self, projected: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Router weights `(B, E)` (ones for the dense model)."""
+        any_x = projected[self.modality_names[0]]
+        if self.router is None:
+            return torch.ones(any_x.shape[0], 1, dtype=any_x.dtype, device=any_x.device)
+        return self.router([masked_mean(projected[n], masks[n]) for n in self.modality_names])
+
+    def replacement_fill(
+        self, name: str, like: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The projected tokens that replace modality `name` in the interaction losses (SPEC 3)."""
+        mode = self.config.replacement
+        if mode == "noise":
+            return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        if mode == "zero":
+            return torch.zeros_like(like)
+        mean = self.projections[name](getattr(self.modality_means, name).to(like.dtype))
+        return mean.expand_as(like)
+
+    def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        c = self.config.num_labels
+        if self.config.problem_type is None:
+            if c == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int, torch.int32, torch.int16, torch.uint8):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        pt = self.config.problem_type
+        b = logits.shape[0]
+        if pt == "single_label_classification":
+            if labels.dim() != 1 or labels.shape[0] != b:
+                raise ValueError(
+                    f"labels for single_label_classification must be class indices of shape ({b},), got "
+                    f"{tuple(labels.shape)}; for multi-hot labels set config.problem_type='multi_label_classification'"
+                )
+            if labels.is_floating_point():
+                raise ValueError("labels for single_label_classification must be integers (class indices), got floats")
+            if labels.numel() and (labels.min() < 0 or labels.max() >= c):
+                raise ValueError(
+                    f"labels must be class indices in [0, {c}); got values in [{int(labels.min())}, {int(labels.max())}]"
+                    " (unknown label: check the dataset's label names against config.id2label)"
+                )
+            return F.cross_entropy(logits.float(), labels.long())
+        if pt == "multi_label_classification":
+            if tuple(labels.shape) != (b, c):
+                raise ValueError(
+                    f"labels for multi_label_classification must be multi-hot of shape ({b}, {c}), got {tuple(labels.shape)}"
+                )
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        if labels.shape not in ((b,), (b, c)):
+            raise ValueError(f"labels for regression must have shape ({b},) or ({b}, {c}), got {tuple(labels.shape)}")
+        return F.mse_loss(logits.float().view(b, -1).squeeze(-1), labels.float().view(b, -1).squeeze(-1))
+
+    def interaction_losses(self, clean: torch.Tensor, knocked_out: torch.Tensor) -> torch.Tensor:
+        """Per-expert interaction losses `(E,)` (SPEC 3).
+
+        `clean (E, B, D)`: each expert's clean latent (or logits); `knocked_out (E, M, B, D)`: the same with
+        modality j replaced. Experts are ordered: uniqueness per modality, synergy, redundancy.
+        """
+        m = self.config.num_modalities
+        clean, knocked_out = clean.float(), knocked_out.float()
+        dist = (clean.unsqueeze(1) - knocked_out).norm(dim=-1)  # (E, M, B)
+        cos = F.cosine_similarity(clean.unsqueeze(1).expand_as(knocked_out), knocked_out, dim=-1)  # (E, M, B)
+        losses = []
+        if m > 1:
+            d_uni = dist[:m]  # (M uniqueness experts, M knocked-out modalities, B)
+            negative = torch.diagonal(d_uni, dim1=0, dim2=1).T  # (M, B): expert i with its own modality removed
+            triplet = F.relu(d_uni - negative.unsqueeze(1) + self.config.triplet_margin)
+            off_diag = ~torch.eye(m, dtype=torch.bool, device=clean.device)
+            losses.append((triplet * off_diag.unsqueeze(-1)).sum(dim=(1, 2)) / ((m - 1) * clean.shape[1]))
+        else:
+            losses.append(clean.new_zeros(m))
+        losses.append(cos[m].mean().unsqueeze(0))  # synergy: any knock-out must change it
+        losses.append((1.0 - cos[m + 1]).mean().unsqueeze(0))  # redundancy: must survive any knock-out
+        return torch.cat(losses)
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        features: Mapping[str, torch.Tensor],
+        attention_mask: Mapping[str, torch.Tensor] | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        compute_interaction_loss: bool | None = None,
+        generator: torch.Generator | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> FLI2MoEOutput:
+        r"""
+        Args:
+            features: `{modality name: (B, T_m, D_m)}` frozen-encoder features, every modality of the config.
+            attention_mask: `{modality name: (B, T_m)}`, 1 = real token; omitted = all valid.
+            labels: `(B,)` class indices (single-label), `(B, C)` multi-hot (multi-label) or `(B,)` targets
+                (regression).
+            output_attentions: record the attention maps (eager attention; slower, for explanations).
+            compute_interaction_loss: run the knocked-out passes and add the interaction loss; default: when
+                `labels` are given and the mixture is `interaction`.
+            generator: random generator for the `noise` replacement (global RNG when None).
+        """
+        batch, masks = self._check_inputs(features, attention_mask)
+        projected = self.project(features)
+        weights = self.route(projected, masks)
+        if compute_interaction_loss is None:
+            compute_interaction_loss = labels is not None
+        compute_interaction_loss = compute_interaction_loss and self.config.mixture == "interaction"
+
+        names = self.modality_names
+        if compute_interaction_loss:
+            # stack the clean batch and one copy per knocked-out modality along the batch dimension
+            copies = {n: [projected[n]] for n in names}
+            for j in names:
+                for n in names:
+                    copies[n].append(self.replacement_fill(n, projected[n], generator) if n == j else projected[n])
+            stacked = {n: torch.cat(copies[n], dim=0) for n in names}
+            stacked_masks = {n: masks[n].repeat(len(names) + 1, 1) for n in names}
+        else:
+            stacked, stacked_masks = projected, masks
+
+        hidden, segments = self.embed(stacked)
+        token_mask = torch.cat([stacked_masks[n] for n in names], dim=1)
+        expert_logits, latents, attentions = self.experts(
+            hidden, token_mask, segments, record_attention=output_attentions
+        )
+        if output_attentions and compute_interaction_loss:
+            attentions = tuple(a[:, :batch] for a in attentions)
+
+        clean_logits, clean_latents = expert_logits[:, :batch], latents[:, :batch]
+        logits = torch.einsum("be,ebc->bc", weights.to(clean_logits.dtype), clean_logits)
+
+        loss = task_loss = interaction_loss = per_expert = None
+        if compute_interaction_loss:
+            space = latents if self.config.interaction_space == "latent" else expert_logits
+            e, d = space.shape[0], space.shape[-1]
+            knocked = space[:, batch:].reshape(e, len(names), batch, d)
+            per_expert = self.interaction_losses(space[:, :batch], knocked)
+            interaction_loss = per_expert.mean()
+        if labels is not None:
+            task_loss = self._task_loss(logits, labels)
+            loss = task_loss
+            if interaction_loss is not None:
+                loss = task_loss + self.config.interaction_loss_weight * interaction_loss
+
+        return FLI2MoEOutput(
+            loss=loss,
+            logits=logits,
+            expert_logits=clean_logits.transpose(0, 1),
+            expert_weights=weights,
+            latents=clean_latents.transpose(0, 1),
+            task_loss=task_loss,
+            interaction_loss=interaction_loss,
+            expert_interaction_losses=per_expert,
+            attentions=attentions,
+        )
+
+    def head_logits(
+        self,
+        features: Mapping[str, torch.Tensor],
+        attention_mask: Mapping[str, torch.Tensor] | None = None,
+        head: int | str = "mixture",
+    ) -> torch.Tensor:
+        """Logits `(B, C)` of one head: `"mixture"` (the model's output) or one expert (name or index).
+
+        A single expert runs only that expert's weights (about E times cheaper than the mixture).
+        """
+        if head == "mixture" or (self.config.mixture == "dense" and head in (0, "dense")):
+            return self.forward(features, attention_mask, compute_interaction_loss=False).logits
+        idx = self.resolve_experts(head)
+        _, masks = self._check_inputs(features, attention_mask)
+        hidden, segments = self.embed(self.project(features))
+        token_mask = torch.cat([masks[n] for n in self.modality_names], dim=1)
+        logits, _, _ = self.experts(hidden, token_mask, segments, experts=idx)
+        return logits[0]
+
+
+__all__ = ["FLI2MoEModel", "FLI2MoEOutput", "FLI2MoEPreTrainedModel", "StackedLinear", "StackedLayerNorm"]
