@@ -152,24 +152,20 @@ class ExpertBlock(nn.Module):
         """`x (E, B, T, H)`, `key_mask (B, T)` bool (true = attend). Returns the new `x` and, if asked,
         the attention probabilities `(E, B, heads, T, T)`."""
         e, b, t, h = x.shape
-        qkv = self.qkv(self.attn_norm(x, experts), experts)
-        qkv = qkv.view(e, b, t, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (E, B, heads, T, d)
-        mask = key_mask[None, :, None, None, :]  # (1, B, 1, 1, T)
+        qkv = self.qkv(self.attn_norm(x, experts), experts)  # (E, B, T, 3H)
         probs = None
         if record_attention:
+            q, k, v = qkv.view(e, b, t, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)  # (E, B, heads, T, d)
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            scores = scores.masked_fill(~key_mask[None, :, None, None, :], torch.finfo(scores.dtype).min)
             probs = scores.softmax(dim=-1)
-            ctx = probs @ v
+            ctx = (probs @ v).transpose(2, 3).reshape(e, b, t, h)
         else:
-            ctx = F.scaled_dot_product_attention(
-                q.reshape(e * b, self.num_heads, t, self.head_dim),
-                k.reshape(e * b, self.num_heads, t, self.head_dim),
-                v.reshape(e * b, self.num_heads, t, self.head_dim),
-                attn_mask=mask.expand(e, b, 1, 1, t).reshape(e * b, 1, 1, t),
-            ).view(e, b, self.num_heads, t, self.head_dim)
-        ctx = ctx.transpose(2, 3).reshape(e, b, t, h)
+            # strided views, no copies: (E*B, heads, T, d)
+            q, k, v = qkv.view(e * b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            mask = key_mask[None, :, None, :].expand(e, b, 1, t).reshape(e * b, 1, 1, t)
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            ctx = ctx.transpose(1, 2).reshape(e, b, t, h)
         x = x + self.dropout(self.attn_out(ctx, experts))
 
         normed = self.ffn_norm(x, experts)
@@ -383,6 +379,18 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
                 raise ValueError(f"attention_mask has unknown modality {extra[0]!r}: expected {self.modality_names}")
         return batch, masks
 
+    @staticmethod
+    def trim_padding(
+        features: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Drop trailing positions that are padding in every row of the batch (they cannot change the output)."""
+        out_f, out_m = {}, {}
+        for name, mask in masks.items():
+            valid = mask.any(dim=0)
+            length = max(int(valid.nonzero().max()) + 1 if bool(valid.any()) else 1, 1)
+            out_f[name], out_m[name] = features[name][:, :length], mask[:, :length]
+        return out_f, out_m
+
     def project(self, features: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Trainable per-modality projection `(B, T, D_m) -> (B, T, H)`."""
         dtype = self.projections[self.modality_names[0]].weight.dtype
@@ -500,6 +508,8 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
             generator: random generator for the `noise` replacement (global RNG when None).
         """
         batch, masks = self._check_inputs(features, attention_mask)
+        if not output_attentions:  # attention maps keep every given position, for the explainers
+            features, masks = self.trim_padding(features, masks)
         projected = self.project(features)
         weights = self.route(projected, masks)
         if compute_interaction_loss is None:

@@ -24,13 +24,12 @@ def _layer_norm(stacked, e: int, x: torch.Tensor) -> torch.Tensor:
 
 
 def _positions(length: int, dim: int) -> torch.Tensor:
+    """Sinusoidal codes, counted inside one modality: sin on even, cos on odd channels."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
     pe = torch.zeros(length, dim)
-    for pos in range(length):
-        for i in range(0, dim, 2):
-            angle = pos / (10000 ** (i / dim))
-            pe[pos, i] = math.sin(angle)
-            if i + 1 < dim:
-                pe[pos, i + 1] = math.cos(angle)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq)
     return pe
 
 
@@ -51,14 +50,12 @@ def run_expert(model: FLI2MoEModel, e: int, projected: dict, masks: dict) -> tup
     for layer in model.experts.layers:
         y = _layer_norm(layer.attn_norm, e, x)
         q, k, v = _linear(layer.qkv, e, y).split(h, dim=-1)
-        out = torch.zeros_like(x)
-        for row in range(b):
-            valid = mask[row] if mask[row].any() else torch.ones_like(mask[row])
-            for head in range(heads):
-                sl = slice(head * d, (head + 1) * d)
-                scores = q[row, :, sl] @ k[row, :, sl].T / math.sqrt(d)
-                scores[:, ~valid] = float("-inf")
-                out[row, :, sl] = scores.softmax(-1) @ v[row, :, sl]
+        # rows without any valid token attend to everything (their outputs are pooled away)
+        valid = mask | ~mask.any(dim=1, keepdim=True)
+        q, k, v = (z.view(b, t, heads, d).transpose(1, 2) for z in (q, k, v))  # (B, heads, T, d)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d)
+        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, h)
         x = x + _linear(layer.attn_out, e, out)
         y = _layer_norm(layer.ffn_norm, e, x)
         ffn = []
