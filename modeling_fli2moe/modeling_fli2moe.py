@@ -574,14 +574,35 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
 
         A single expert runs only that expert's weights (about E times cheaper than the mixture).
         """
-        if head == "mixture" or (self.config.mixture == "dense" and head in (0, "dense")):
-            return self.forward(features, attention_mask, compute_interaction_loss=False).logits
-        idx = self.resolve_experts(head)
         _, masks = self._check_inputs(features, attention_mask)
-        hidden, segments = self.embed(self.project(features))
-        token_mask = torch.cat([masks[n] for n in self.modality_names], dim=1)
-        logits, _, _ = self.experts(hidden, token_mask, segments, experts=idx)
+        features, masks = self.trim_padding(features, masks)
+        return self.head_logits_from_projected(self.project(features), masks, head)
+
+    def head_logits_from_projected(
+        self,
+        projected: Mapping[str, torch.Tensor],
+        masks: Mapping[str, torch.Tensor],
+        head: int | str = "mixture",
+    ) -> torch.Tensor:
+        """Like `head_logits`, from already projected tokens `{name: (B, T, H)}` and bool masks.
+
+        Probes project one example once and build their coalitions in the projected space.
+        """
+        names = self.modality_names
+        hidden, segments = self.embed(projected)
+        token_mask = torch.cat([masks[n].bool() for n in names], dim=1)
+        if head == "mixture" or self.config.mixture == "dense":
+            if head not in ("mixture", 0, "dense"):
+                self.resolve_experts(head)  # raises a clear error for an unknown head
+            weights = self.route(projected, {n: masks[n].bool() for n in names})
+            logits, _, _ = self.experts(hidden, token_mask, segments)
+            return torch.einsum("be,ebc->bc", weights.to(logits.dtype), logits)
+        logits, _, _ = self.experts(hidden, token_mask, segments, experts=self.resolve_experts(head))
         return logits[0]
+
+    def projected_modality_means(self) -> dict[str, torch.Tensor]:
+        """The dataset-mean tokens after projection `{name: (H,)}`: the fill for absent players."""
+        return {n: self.projections[n](getattr(self.modality_means, n)) for n in self.modality_names}
 
 
 __all__ = ["FLI2MoEModel", "FLI2MoEOutput", "FLI2MoEPreTrainedModel", "StackedLinear", "StackedLayerNorm"]
