@@ -101,7 +101,7 @@ class StackedLayerNorm(nn.Module):
             weight, bias = weight[experts], bias[experts]
         shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
         y = F.layer_norm(x, x.shape[-1:], eps=self.eps)
-        return y * weight.view(shape).to(y.dtype) + bias.view(shape).to(y.dtype)
+        return torch.addcmul(bias.view(shape).to(y.dtype), y, weight.view(shape).to(y.dtype))
 
 
 def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -169,11 +169,10 @@ class ExpertBlock(nn.Module):
         x = x + self.dropout(self.attn_out(ctx, experts))
 
         normed = self.ffn_norm(x, experts)
+        # split (not slicing): its backward is one concatenation instead of zero-filled full-size gradients
+        parts = normed.split([end - start for start, end in segments], dim=2)
         ffn = torch.cat(
-            [
-                fout(F.gelu(fin(normed[:, :, start:end], experts)), experts)
-                for (start, end), fin, fout in zip(segments, self.ffn_in, self.ffn_out)
-            ],
+            [fout(F.gelu(fin(part, experts)), experts) for part, fin, fout in zip(parts, self.ffn_in, self.ffn_out)],
             dim=2,
         )
         x = x + self.dropout(ffn)
@@ -211,8 +210,12 @@ class StackedExperts(nn.Module):
             if record_attention:
                 maps.append(probs)
         x = self.final_norm(x, experts)
-        pooled = [masked_mean(x[:, :, start:end], token_mask[None, :, start:end]) for start, end in segments]
-        latents = torch.cat(pooled, dim=-1)
+        # masked mean of every modality in one matmul: (B, M, T) pooling weights @ (E, B, T, H)
+        pool = torch.zeros(token_mask.shape[0], len(segments), token_mask.shape[1], dtype=x.dtype, device=x.device)
+        for m, (start, end) in enumerate(segments):
+            pool[:, m, start:end] = token_mask[:, start:end].to(x.dtype)
+        pool = pool / pool.sum(-1, keepdim=True).clamp_min(1.0)
+        latents = (pool.unsqueeze(0) @ x).flatten(-2)  # (E, B, M*H)
         logits = self.head(latents, experts)
         return logits, latents, (tuple(maps) if record_attention else None)
 

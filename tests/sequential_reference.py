@@ -33,6 +33,10 @@ def _positions(length: int, dim: int) -> torch.Tensor:
     return pe
 
 
+def _dropout(model: FLI2MoEModel, x: torch.Tensor) -> torch.Tensor:
+    return F.dropout(x, p=model.config.dropout, training=model.training)
+
+
 def run_expert(model: FLI2MoEModel, e: int, projected: dict, masks: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Expert `e` on one (possibly knocked-out) batch: returns (logits (B, C), latent (B, M*H))."""
     cfg = model.config
@@ -56,12 +60,12 @@ def run_expert(model: FLI2MoEModel, e: int, projected: dict, masks: dict) -> tup
         scores = q @ k.transpose(-1, -2) / math.sqrt(d)
         scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
         out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, h)
-        x = x + _linear(layer.attn_out, e, out)
+        x = x + _dropout(model, _linear(layer.attn_out, e, out))
         y = _layer_norm(layer.ffn_norm, e, x)
         ffn = []
         for m, (s0, s1) in enumerate(segments):
             ffn.append(_linear(layer.ffn_out[m], e, F.gelu(_linear(layer.ffn_in[m], e, y[:, s0:s1]))))
-        x = x + torch.cat(ffn, dim=1)
+        x = x + _dropout(model, torch.cat(ffn, dim=1))
     x = _layer_norm(model.experts.final_norm, e, x)
     pooled = []
     for s0, s1 in segments:
