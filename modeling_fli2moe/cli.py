@@ -1,79 +1,156 @@
-"""The `fli2moe` command line: `demo` (the README's main job)."""
+"""The `fli2moe` command line: `demo`, `train`, `push`, `explain`.
+
+    fli2moe demo                                   # the README's main job (planted benchmark, offline)
+    fli2moe train --config hub_configs/mmimdb.json --data-dir data/mmimdb [key=value ...]
+    fli2moe push --checkpoint outputs/mmimdb --repo-id you/fl-i2moe-mmimdb
+    fli2moe explain --checkpoint outputs/planted --split test --limit 50
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """Smoke run: train a tiny FL-I2MoE on random features for a few steps and save a checkpoint."""
-    import numpy as np
-    import torch
-    from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
+def _train(args: argparse.Namespace) -> int:
+    from .training import load_run_config, run_training
 
-    from . import FLI2MoEModel
-    from .testing.models import tiny_config
-
-    rng = np.random.default_rng(args.seed)
-    n = 256
-    labels = rng.integers(0, 2, size=n)
-    text = rng.normal(size=(n, 8, 12)).astype(np.float32)
-    text[:, :, 0] += np.where(labels == 1, 2.0, -2.0)[:, None]
-    image = rng.normal(size=(n, 6, 20)).astype(np.float32)
-    data = Dataset.from_dict({"text": text.tolist(), "image": image.tolist(), "label": labels.tolist()})
-
-    def collate(rows):
-        return {
-            "features": {m: torch.tensor([r[m] for r in rows]) for m in ("text", "image")},
-            "labels": torch.tensor([r["label"] for r in rows]),
-        }
-
-    torch.manual_seed(args.seed)
-    model = FLI2MoEModel(tiny_config(num_labels=2, id2label={0: "negative", 1: "positive"}))
-    out = Path(args.output_dir)
-    trainer = Trainer(
-        model=model,
-        args=TrainingArguments(
-            output_dir=str(out),
-            per_device_train_batch_size=32,
-            num_train_epochs=3,
-            learning_rate=5e-3,
-            logging_steps=4,
-            save_strategy="no",
-            report_to=[],
-            remove_unused_columns=False,
-            use_cpu=True,
-            seed=args.seed,
-        ),
-        train_dataset=data,
-        data_collator=collate,
+    config = load_run_config(args.config, args.overrides)
+    result = run_training(
+        config,
+        data_dir=args.data_dir,
+        output_dir=args.output_dir or f"outputs/{Path(args.config).stem}",
+        cache_dir=args.cache_dir,
+        resume=args.resume if args.resume not in (None, "") else False,
     )
-    result = trainer.train()
-    trainer.save_model(str(out / "checkpoint"))
-    print(f"smoke run: train loss {result.training_loss:.4f}; checkpoint saved to {out / 'checkpoint'}")
+    _print_result(result)
+    return 0
+
+
+def _print_result(result) -> None:
+    shown = {k: round(v, 4) for k, v in result.test_metrics.items() if isinstance(v, (int, float))}
+    print("test metrics: " + json.dumps(shown))
+    print(f"checkpoint: {result.output_dir.resolve()}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Make the planted benchmark, cache its features with the offline encoders, train FL-I2MoE."""
+    from .data import make_planted, save_planted
+    from .training import load_run_config, run_training
+
+    t0 = time.time()
+    root = Path(args.output_dir)
+    data_dir = root / "data"
+    if not (data_dir / "dataset_dict.json").is_file():
+        print(f"[1/3] making the planted-interaction benchmark ({args.n_per_kind} examples per kind) in {data_dir}")
+        save_planted(make_planted(n_per_kind=args.n_per_kind, random_state=args.seed), data_dir)
+    else:
+        print(f"[1/3] planted benchmark already at {data_dir}")
+    config_path = Path(__file__).resolve().parent.parent / "hub_configs" / "planted.json"
+    if not config_path.is_file():  # installed without the repo: the shipped copy
+        config_path = Path(__file__).resolve().parent / "hub_configs" / "planted.json"
+    overrides = [f"training.seed={args.seed}", *args.overrides]
+    print("[2/3] caching features with the offline encoders (MiniLM text, EfficientNet-Lite0 image), then training")
+    config = load_run_config(config_path, overrides)
+    result = run_training(config, data_dir=data_dir, output_dir=root / "fl_i2moe", cache_dir=args.cache_dir)
+    print(f"[3/3] done in {time.time() - t0:.0f} s")
+    _print_result(result)
+    if args.space:
+        import os
+        import subprocess
+
+        app = Path(__file__).resolve().parent.parent / "spaces_app" / "app.py"
+        if app.is_file():
+            print(f"opening the Space on it: http://127.0.0.1:{args.port}")
+            env = dict(os.environ, FLI2MOE_CHECKPOINT=str(result.output_dir.resolve()), GRADIO_SERVER_PORT=str(args.port))
+            return subprocess.call([sys.executable, str(app)], env=env)
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push_checkpoint
+
+    url = push_checkpoint(args.checkpoint, args.repo_id, private=args.private, token=args.token)
+    print(f"pushed {args.checkpoint} to {url}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .explain.dataset_evaluation import run_dataset_explanation
+
+    report = run_dataset_explanation(
+        args.checkpoint,
+        split=args.split,
+        limit=args.limit,
+        output_dir=args.output_dir,
+        budget=args.budget,
+        random_state=args.seed,
+        dense_checkpoint=args.dense_checkpoint,
+        data_dir=args.data_dir,
+    )
+    if report is not None:
+        print(f"report: {report}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fli2moe", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fli2moe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the README's main job on the embedded offline default")
-    demo.add_argument("--output-dir", default="outputs/demo")
+
+    demo = sub.add_parser("demo", help="the README's main job: planted benchmark, offline encoders, training")
+    demo.add_argument("--output-dir", default="outputs/planted")
+    demo.add_argument("--n-per-kind", type=int, default=400)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--cache-dir", default=None)
+    demo.add_argument("--space", action="store_true", help="open the Gradio Space on the new checkpoint")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("overrides", nargs="*", help="config overrides key=value")
     demo.set_defaults(func=_demo)
+
+    train = sub.add_parser("train", help="train from a hub config with transformers.Trainer")
+    train.add_argument("--config", required=True)
+    train.add_argument("--data-dir", default=None)
+    train.add_argument("--output-dir", default=None)
+    train.add_argument("--cache-dir", default=None)
+    train.add_argument("--resume", nargs="?", const=True, default=None,
+                       help="resume from the last checkpoint in --output-dir, or from the given checkpoint folder")
+    train.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. training.num_train_epochs=3")
+    train.set_defaults(func=_train)
+
+    push = sub.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")
+    push.add_argument("--checkpoint", required=True)
+    push.add_argument("--repo-id", required=True)
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--token", default=None)
+    push.set_defaults(func=_push)
+
+    explain = sub.add_parser("explain", help="dataset-level explanation report for a checkpoint")
+    explain.add_argument("--checkpoint", required=True)
+    explain.add_argument("--dense-checkpoint", default=None, help="a dense baseline to compare against")
+    explain.add_argument("--split", default="test")
+    explain.add_argument("--limit", type=int, default=None)
+    explain.add_argument("--data-dir", default=None)
+    explain.add_argument("--output-dir", default=None)
+    explain.add_argument("--budget", type=int, default=2048)
+    explain.add_argument("--seed", type=int, default=0)
+    explain.set_defaults(func=_explain)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"fli2moe {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,83 @@
+"""Data collator from cached feature rows to the model's keyword arguments, for ``transformers.Trainer``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .configuration_fli2moe import FLI2MoEConfig
+from .feature_cache import LABEL_COLUMNS, feature_columns
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FeatureCollator"]
+
+
+def _stack(values: Sequence[Any]) -> torch.Tensor:
+    if isinstance(values[0], torch.Tensor):
+        return torch.stack(list(values))
+    return torch.from_numpy(np.stack([np.asarray(v) for v in values]))
+
+
+class FeatureCollator:
+    """Stack rows of a :func:`~modeling_fli2moe.feature_cache.cache_features` split into
+    ``{"features": {name: (B, T, D)}, "attention_mask": {name: long (B, T)}, "labels": ...}``.
+
+    Features are cast up from the fp16 cache to ``dtype`` (float32). Labels come from ``labels`` or
+    ``label``: long ``(B,)`` for single-label, float ``(B, C)`` for multi-label and float for
+    regression (from ``config.problem_type``, else inferred: a vector per row means multi-label).
+    ``return_player_mask=True`` adds ``player_mask`` (bool, for the probes; not a model argument).
+    Use it with ``TrainingArguments(remove_unused_columns=False)``.
+    """
+
+    def __init__(
+        self, config: FLI2MoEConfig, dtype: torch.dtype = torch.float32, return_player_mask: bool = False
+    ) -> None:
+        self.names = list(config.modality_names)
+        self.problem_type = config.problem_type
+        self.dtype = dtype
+        self.return_player_mask = return_player_mask
+
+    def _labels(self, rows: Sequence[Mapping[str, Any]], key: str) -> torch.Tensor:
+        labels = _stack([r[key] if isinstance(r[key], torch.Tensor) else np.asarray(r[key]) for r in rows])
+        problem = self.problem_type
+        if problem is None:
+            problem = "multi_label_classification" if labels.ndim > 1 else "single_label_classification"
+            if labels.is_floating_point() and labels.ndim == 1:
+                problem = "regression"
+        if problem == "single_label_classification":
+            if labels.ndim != 1:
+                raise ValueError(
+                    f"single-label classification needs one class index per row, got {key!r} of shape "
+                    f"{tuple(labels.shape)}; for multi-hot labels set problem_type='multi_label_classification'"
+                )
+            return labels.long()
+        return labels.float()
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        if not rows:
+            raise ValueError("FeatureCollator got an empty batch")
+        first = rows[0]
+        batch: dict[str, Any] = {"features": {}, "attention_mask": {}}
+        if self.return_player_mask:
+            batch["player_mask"] = {}
+        for name in self.names:
+            f, mk, pm = feature_columns(name)
+            if f not in first or mk not in first:
+                raise KeyError(
+                    f"rows have no {f!r}/{mk!r} columns (they have {sorted(first)}). Collate rows of a dataset made "
+                    "by cache_features for this config, and pass TrainingArguments(remove_unused_columns=False) "
+                    "so that Trainer keeps them."
+                )
+            batch["features"][name] = _stack([r[f] for r in rows]).to(self.dtype)
+            batch["attention_mask"][name] = _stack([r[mk] for r in rows]).long()
+            if self.return_player_mask:
+                batch["player_mask"][name] = _stack([r[pm] for r in rows]).bool()
+        key = next((k for k in LABEL_COLUMNS if k in first), None)
+        if key is not None:
+            batch["labels"] = self._labels(rows, key)
+        return batch

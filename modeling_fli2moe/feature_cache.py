@@ -1,0 +1,254 @@
+"""Feature cache: the frozen encoders run once per example, through ``Dataset.map`` into arrow files.
+
+Layout: ``<cache_dir>/<modality>-<encoder key>/<split>-<dataset fingerprint>.arrow``, one file per
+split and modality. The encoder key hashes the modality's resolved encoder spec, ``max_tokens``,
+``input_dim`` and the weights' identity (:func:`~modeling_fli2moe.encoders.encoder_cache_key`), so
+changing one modality's encoder re-encodes only that modality, and a second call with the same
+data reads the files back without loading any encoder.
+
+Cached columns per modality ``<name>``: ``<name>_features`` (``Array2D((T, D), "float16")``),
+``<name>_mask`` and ``<name>_player_mask`` (``T`` bools); text modalities also get
+``<name>_tokens`` (token strings of the valid positions) and ``<name>_word_ids`` (word index per
+valid position, -1 for special tokens). All other columns are kept (ids, ``label`` / ``labels``,
+ground-truth metadata, raw text) except image columns, which are dropped. The returned splits are
+formatted as torch tensors with the cached dtypes kept (fp16 features, bool masks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Array2D, Dataset, DatasetDict, Features, Image, List, Value, concatenate_datasets
+
+from .configuration_fli2moe import FLI2MoEConfig
+from .encoders import FrozenEncoder, encoder_cache_key, encoder_for_modality, resolve_encoder_spec
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FEATURE_CACHE_VERSION",
+    "LABEL_COLUMNS",
+    "feature_columns",
+    "text_columns",
+    "cached_columns",
+    "cache_features",
+    "format_cached",
+    "modality_means",
+]
+
+#: Bump when the cached layout changes: old files are then ignored (they live under other names).
+FEATURE_CACHE_VERSION = 1
+LABEL_COLUMNS = ("labels", "label")
+_WRITER_BYTES = 64 * 2**20  # flush the arrow writer about every 64 MiB
+
+
+def feature_columns(name: str) -> tuple[str, str, str]:
+    """Cached column names of one modality: features, validity mask, player mask."""
+    return f"{name}_features", f"{name}_mask", f"{name}_player_mask"
+
+
+def text_columns(name: str) -> tuple[str, str]:
+    """Display columns of a text modality: token strings and word ids."""
+    return f"{name}_tokens", f"{name}_word_ids"
+
+
+def _is_text(modality: Mapping[str, Any]) -> bool:
+    return (modality.get("encoder") or {}).get("type") == "hf-text"
+
+
+def cached_columns(config: FLI2MoEConfig) -> list[str]:
+    """Every column :func:`cache_features` adds, in order."""
+    cols: list[str] = []
+    for m in config.modalities:
+        cols += feature_columns(m["name"])
+        if _is_text(m):
+            cols += text_columns(m["name"])
+    return cols
+
+
+def _tensor_columns(config: FLI2MoEConfig, column_names: Sequence[str]) -> list[str]:
+    cols = [c for m in config.modalities for c in feature_columns(m["name"])]
+    return cols + [c for c in LABEL_COLUMNS if c in column_names]
+
+
+def format_cached(dataset: Dataset, config: FLI2MoEConfig) -> Dataset:
+    """Torch format on the feature, mask and label columns keeping the stored dtypes (fp16 features,
+    bool masks); other columns stay Python objects."""
+    cols = [c for c in _tensor_columns(config, dataset.column_names) if c in dataset.column_names]
+    # dtype=None: datasets' torch formatter would otherwise cast every float array to float32
+    return dataset.with_format("torch", columns=cols, output_all_columns=True, dtype=None)
+
+
+def _modality_features(modality: Mapping[str, Any], encoder: FrozenEncoder) -> Features:
+    name, t, d = modality["name"], encoder.num_tokens, encoder.output_dim
+    f, mk, pm = feature_columns(name)
+    feats: dict[str, Any] = {
+        f: Array2D(shape=(t, d), dtype="float16"),
+        mk: List(Value("bool"), length=t),
+        pm: List(Value("bool"), length=t),
+    }
+    if _is_text(modality):
+        tok, wid = text_columns(name)
+        feats[tok] = List(Value("string"))
+        feats[wid] = List(Value("int32"))
+    return Features(feats)
+
+
+def _encode_fn(modality: Mapping[str, Any], get_encoder: Any, has_id: bool) -> Any:
+    name = modality["name"]
+    f, mk, pm = feature_columns(name)
+    tok, wid = text_columns(name)
+    text = _is_text(modality)
+
+    def encode(values: list[Any], ids: list[Any] | None = None) -> dict[str, Any]:
+        out = get_encoder().encode(values, ids=ids, modality=name)
+        feats = out["features"]
+        half = feats.to(torch.float16)
+        if not torch.isfinite(half).all():
+            raise ValueError(
+                f"modality {name!r}: encoder features overflow fp16 (max |x| = {feats.abs().max().item():.3g}); "
+                "the fp16 feature cache cannot store them"
+            )
+        res: dict[str, Any] = {
+            f: half.numpy(),
+            mk: out["attention_mask"].bool().numpy(),
+            pm: out["player_mask"].bool().numpy(),
+        }
+        if text:
+            res[tok] = out["tokens"]
+            res[wid] = out["word_ids"]
+        return res
+
+    if has_id:
+        return encode
+    return lambda values: encode(values, None)
+
+
+def cache_features(
+    dataset_dict: DatasetDict | Dataset,
+    config: FLI2MoEConfig,
+    cache_dir: str | os.PathLike,
+    batch_size: int = 32,
+    *,
+    encoders: Mapping[str, FrozenEncoder] | None = None,
+    device: str | torch.device | None = None,
+    drop_columns: Sequence[str] = (),
+) -> DatasetDict | Dataset:
+    """Encode every split with the config's frozen encoders once, or read the arrow cache back.
+
+    ``encoders`` (optional) maps modality names to already built encoders; otherwise they are built
+    only for the modalities whose cache files are missing. ``drop_columns`` removes more raw
+    columns (image columns are always dropped). Returns the cached splits (see the module docstring),
+    formatted by :func:`format_cached`.
+    """
+    if isinstance(dataset_dict, Dataset):
+        return cache_features(
+            DatasetDict({dataset_dict.split or "data": dataset_dict}), config, cache_dir, batch_size,
+            encoders=encoders, device=device, drop_columns=drop_columns,
+        )[str(dataset_dict.split or "data")]  # fmt: skip
+    if not isinstance(dataset_dict, DatasetDict):
+        raise TypeError(f"cache_features expects a datasets.DatasetDict, got {type(dataset_dict).__name__}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    root = Path(cache_dir).expanduser()
+    built: dict[str, FrozenEncoder] = dict(encoders or {})
+    shared: dict[str, FrozenEncoder] = {}
+
+    def encoder_of(modality: Mapping[str, Any]) -> FrozenEncoder:
+        name = modality["name"]
+        if name not in built:
+            spec_key = json.dumps([resolve_encoder_spec(modality), modality.get("input_dim"), modality.get("max_tokens")])
+            if spec_key not in shared:
+                logger.info("building the %s encoder of modality %r", modality["encoder"]["type"], name)
+                shared[spec_key] = encoder_for_modality(modality, batch_size=batch_size, device=device)
+            built[name] = shared[spec_key]
+        return built[name]
+
+    keys = {}
+    for m in config.modalities:
+        key = encoder_cache_key(m)  # also validates the encoder spec
+        keys[m["name"]] = key
+        folder = root / f"{m['name']}-{key}"
+        folder.mkdir(parents=True, exist_ok=True)
+        info = folder / "encoder.json"
+        if not info.exists():
+            info.write_text(json.dumps({"version": FEATURE_CACHE_VERSION, "modality": m}, indent=2, default=str) + "\n")
+
+    out = {}
+    for split, ds in dataset_dict.items():
+        parts = []
+        for m in config.modalities:
+            name, col = m["name"], m.get("column", m["name"])
+            if col not in ds.column_names:
+                raise ValueError(
+                    f"split {split!r} has no column {col!r} for modality {name!r} (columns: {ds.column_names}); "
+                    "set the modality's 'column' in config.modalities"
+                )
+            clash = [c for c in cached_columns(config) if c in ds.column_names]
+            if clash:
+                raise ValueError(f"split {split!r} already has the cached column(s) {clash}; was it cached twice?")
+            path = root / f"{name}-{keys[name]}" / f"{split}-{ds._fingerprint}-v{FEATURE_CACHE_VERSION}.arrow"
+            hit = path.is_file()
+            has_id = "id" in ds.column_names and col != "id"
+            inputs = [col, "id"] if has_id else [col]
+            src = ds.select_columns(inputs)
+            if isinstance(src.features[col], Image):
+                src = src.cast_column(col, Image(decode=False))  # decode ourselves: errors name the file
+            features = None
+            if not hit:
+                enc = encoder_of(m)
+                features = _modality_features(m, enc)
+                row_bytes = enc.num_tokens * enc.output_dim * 2
+            else:
+                logger.info("modality %r, split %r: reading cached features from %s", name, split, path)
+                row_bytes = 1
+            part = src.map(
+                _encode_fn(m, lambda m=m: encoder_of(m), has_id),
+                batched=True,
+                batch_size=batch_size,
+                input_columns=inputs,
+                remove_columns=src.column_names,
+                features=features,
+                cache_file_name=str(path),
+                load_from_cache_file=True,
+                new_fingerprint=f"{ds._fingerprint}{keys[name]}"[:64],
+                writer_batch_size=max(batch_size, min(1000, _WRITER_BYTES // row_bytes)),
+                desc=f"Encoding {name} ({split})",
+            )
+            parts.append(part)
+        drop = [c for c, feat in ds.features.items() if isinstance(feat, Image) or c in drop_columns]
+        base = ds.remove_columns(drop) if drop else ds
+        merged = concatenate_datasets([base, *parts], axis=1) if base.column_names else concatenate_datasets(parts, axis=1)
+        out[split] = format_cached(merged, config)
+    return DatasetDict(out)
+
+
+def modality_means(cached_train: Dataset, config: FLI2MoEConfig, batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """Per-modality dataset-mean token over the valid tokens of the (cached) train split: the
+    masking / replacement baseline. Returns ``{name: float32 tensor (input_dim,)}``."""
+    names = config.modality_names
+    cols = [c for n in names for c in feature_columns(n)[:2]]
+    missing = [c for c in cols if c not in cached_train.column_names]
+    if missing:
+        raise ValueError(f"modality_means needs a split made by cache_features; missing columns {missing}")
+    data = cached_train.with_format("numpy", columns=cols, dtype=None)
+    sums = {n: np.zeros(config.modality(n)["input_dim"], dtype=np.float64) for n in names}
+    counts = dict.fromkeys(names, 0)
+    for start in range(0, len(data), batch_size):
+        rows = data[start : start + batch_size]
+        for n in names:
+            f, mk, _ = feature_columns(n)
+            x, mask = rows[f].astype(np.float32), rows[mk].astype(np.float32)
+            sums[n] += np.einsum("btd,bt->d", x, mask, dtype=np.float64)
+            counts[n] += int(mask.sum())
+    empty = [n for n in names if counts[n] == 0]
+    if empty:
+        raise ValueError(f"modality_means: modality {empty[0]!r} has no valid token in the train split")
+    return {n: torch.from_numpy(sums[n] / counts[n]).float() for n in names}
