@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the README's main job: planted benchmark, offline encoders, training")
     demo.add_argument("--output-dir", default="outputs/planted")
-    demo.add_argument("--n-per-kind", type=int, default=400)
+    demo.add_argument("--n-per-kind", type=int, default=300)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--cache-dir", default=None)
     demo.add_argument("--space", action="store_true", help="open the Gradio Space on the new checkpoint")

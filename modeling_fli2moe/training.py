@@ -255,12 +255,7 @@ def run_training(
         raw_dataset = loader(root, **(ds_cfg.get("options") or {}))
     config = check_labels(config, raw_dataset)
 
-    # ---- features: read the cache or encode once
-    cache_root = Path(cache_dir or ds_cfg.get("cache_dir") or _default_cache_dir())
-    cached = cache_features(raw_dataset, config, cache_root)
-    means = modality_means(cached["train"], config)
-
-    # ---- model and Trainer
+    # ---- Trainer arguments (first: they set up the processes under accelerate launch)
     train_cfg = dict(TRAINING_DEFAULTS)
     train_cfg.update(config.training or {})
     metric = selection_metric(config)
@@ -281,6 +276,13 @@ def run_training(
         use_cpu=not torch.cuda.is_available(),
         **train_cfg,
     )
+
+    # ---- features: read the cache or encode once (the main process first, the others then read it)
+    cache_root = Path(cache_dir or ds_cfg.get("cache_dir") or _default_cache_dir())
+    with args.main_process_first(desc="feature cache"):
+        cached = cache_features(raw_dataset, config, cache_root)
+    means = modality_means(cached["train"], config)
+
     torch.manual_seed(args.seed)
     model = FLI2MoEModel(config)
     model.set_modality_means(means)
@@ -326,8 +328,8 @@ def _check_resume(resume: bool | str, output_dir: Path, config: FLI2MoEConfig) -
     saved = json.loads((path / "config.json").read_text())
     keys = ("modalities", "hidden_size", "num_layers", "num_heads", "ffn_multiplier", "router_layers",
             "router_hidden_size", "mixture", "num_labels")
-    current = config.to_dict()
-    saved.setdefault("num_labels", len(saved.get("id2label") or {}) or None)
+    current = dict(config.to_dict(), num_labels=config.num_labels)
+    saved["num_labels"] = len(saved.get("id2label") or {}) or saved.get("num_labels")
     diffs = [k for k in keys if k in saved and saved.get(k) != current.get(k)]
     if diffs:
         raise ValueError(
