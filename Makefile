@@ -17,7 +17,7 @@ $(VENV_STAMP): pyproject.toml
 	touch $(VENV_STAMP)
 
 demo: $(VENV_STAMP)
-	$(PY) -m modeling_fli2moe.cli demo
+	$(PY) -m modeling_fli2moe.cli demo $(ARGS)
 
 test: $(VENV_STAMP)
 	$(PY) -m pytest -q -ra

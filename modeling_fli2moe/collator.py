@@ -17,10 +17,13 @@ logger = logging.getLogger(__name__)
 __all__ = ["FeatureCollator"]
 
 
-def _stack(values: Sequence[Any]) -> torch.Tensor:
-    if isinstance(values[0], torch.Tensor):
-        return torch.stack(list(values))
-    return torch.from_numpy(np.stack([np.asarray(v) for v in values]))
+def _stack(values: Sequence[Any], dtype: Any = None) -> torch.Tensor:
+    """Stack rows with numpy (single-threaded: torch's threaded copies stall on a busy 2-core CPU)."""
+    arrays = [v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for v in values]
+    out = np.stack(arrays)
+    if dtype is not None and out.dtype != dtype:
+        out = out.astype(dtype)
+    return torch.from_numpy(out)
 
 
 class FeatureCollator:
@@ -40,10 +43,11 @@ class FeatureCollator:
         self.names = list(config.modality_names)
         self.problem_type = config.problem_type
         self.dtype = dtype
+        self._np_dtype = torch.empty(0, dtype=dtype).numpy().dtype if dtype != torch.bfloat16 else None
         self.return_player_mask = return_player_mask
 
     def _labels(self, rows: Sequence[Mapping[str, Any]], key: str) -> torch.Tensor:
-        labels = _stack([r[key] if isinstance(r[key], torch.Tensor) else np.asarray(r[key]) for r in rows])
+        labels = _stack([r[key] for r in rows])
         problem = self.problem_type
         if problem is None:
             problem = "multi_label_classification" if labels.ndim > 1 else "single_label_classification"
@@ -73,10 +77,10 @@ class FeatureCollator:
                     "by cache_features for this config, and pass TrainingArguments(remove_unused_columns=False) "
                     "so that Trainer keeps them."
                 )
-            batch["features"][name] = _stack([r[f] for r in rows]).to(self.dtype)
-            batch["attention_mask"][name] = _stack([r[mk] for r in rows]).long()
+            batch["features"][name] = _stack([r[f] for r in rows], self._np_dtype).to(self.dtype)
+            batch["attention_mask"][name] = _stack([r[mk] for r in rows], np.int64)
             if self.return_player_mask:
-                batch["player_mask"][name] = _stack([r[pm] for r in rows]).bool()
+                batch["player_mask"][name] = _stack([r[pm] for r in rows], np.bool_)
         key = next((k for k in LABEL_COLUMNS if k in first), None)
         if key is not None:
             batch["labels"] = self._labels(rows, key)

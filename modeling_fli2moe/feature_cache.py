@@ -28,7 +28,13 @@ import torch
 from datasets import Array2D, Dataset, DatasetDict, Features, Image, List, Value, concatenate_datasets
 
 from .configuration_fli2moe import FLI2MoEConfig
-from .encoders import FrozenEncoder, encoder_cache_key, encoder_for_modality, resolve_encoder_spec
+from .encoders import (  # noqa: F401  (build_encoders: re-exported, tests patch it here)
+    FrozenEncoder,
+    build_encoders,
+    encoder_cache_key,
+    encoder_for_modality,
+    resolve_encoder_spec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +200,10 @@ def cache_features(
             clash = [c for c in cached_columns(config) if c in ds.column_names]
             if clash:
                 raise ValueError(f"split {split!r} already has the cached column(s) {clash}; was it cached twice?")
+            if len(ds) == 0:  # map() would return no columns at all: an empty table with the schema
+                feats = _modality_features(m, encoder_of(m))
+                parts.append(Dataset.from_dict({c: [] for c in feats}, features=feats))
+                continue
             path = root / f"{name}-{keys[name]}" / f"{split}-{ds._fingerprint}-v{FEATURE_CACHE_VERSION}.arrow"
             hit = path.is_file()
             has_id = "id" in ds.column_names and col != "id"
@@ -225,7 +235,13 @@ def cache_features(
             parts.append(part)
         drop = [c for c, feat in ds.features.items() if isinstance(feat, Image) or c in drop_columns]
         base = ds.remove_columns(drop) if drop else ds
-        merged = concatenate_datasets([base, *parts], axis=1) if base.column_names else concatenate_datasets(parts, axis=1)
+        if len(ds) == 0:  # concatenate_datasets skips empty tables: build the empty schema by hand
+            schema = Features({**base.features, **{k: v for p in parts for k, v in p.features.items()}})
+            merged = Dataset.from_dict({c: [] for c in schema}, features=schema, split=ds.split)
+        elif base.column_names:
+            merged = concatenate_datasets([base, *parts], axis=1)
+        else:
+            merged = concatenate_datasets(parts, axis=1)
         out[split] = format_cached(merged, config)
     return DatasetDict(out)
 

@@ -1,0 +1,32 @@
+"""Explanations of FL-I2MoE: games, attributions, Shapley interactions, redundancy gaps, pair masking.
+
+Public names live here (captum-style); each method has its own module.
+"""
+
+from .attribution import AttributionMaps, attribute
+from .explainer import Explainer
+from .explanation import Explanation, InteractionPair
+from .faithfulness import concentration, faithfulness, faithfulness_for_maps, specificity
+from .game import FeatureGame
+from .pair_masking import pair_masking, paired_test
+from .result_interactions import InteractionResult
+from .shapley import PairInteractionApproximator, exact_shapley_interactions, shapley_interactions
+
+__all__ = [
+    "AttributionMaps",
+    "Explainer",
+    "Explanation",
+    "FeatureGame",
+    "InteractionPair",
+    "InteractionResult",
+    "PairInteractionApproximator",
+    "attribute",
+    "concentration",
+    "exact_shapley_interactions",
+    "faithfulness",
+    "faithfulness_for_maps",
+    "pair_masking",
+    "paired_test",
+    "shapley_interactions",
+    "specificity",
+]

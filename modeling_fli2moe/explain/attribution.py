@@ -1,0 +1,281 @@
+"""Expert-wise token attribution maps for one example (SPEC 6 "Attribution, expert-wise").
+
+One map per expert (from that expert's own target logit) and one for the mixture, by
+
+- ``attn_rollout_grad`` (default): gradient-weighted attention rollout. Per layer
+  ``mean_heads(relu(A) * relu(dA)) + I``, row-normalised, multiplied over layers; a token's importance
+  is the mean over the (valid) query rows. ``A`` is the expert's own attention map and ``dA`` the
+  gradient of the head's target logit with respect to it. Our choice for the mixture: the
+  router-weighted sum ``sum_e w_e * rollout_e`` where ``rollout_e`` uses expert e's maps and the
+  gradient of expert e's logit *at the mixture's target*; since the mixture logit is
+  ``sum_e w_e logit_e`` and the router does not see the attention maps, this is the gradient of the
+  mixture logit with respect to expert e's maps divided by ``w_e`` (so ``relu(dA)`` keeps its scale
+  against the identity), then weighted by ``w_e`` at the end.
+- ``integrated_gradients``: captum's `IntegratedGradients` on the raw features, baseline = the
+  modality's dataset-mean token (the masking fill), summed over the feature dimension, absolute value.
+- ``gradient_x_input``: `|sum_d grad_d * (x_d - mean_d)|` with the same mean-token reference as IG
+  (with zero means it is the classical gradient x input; it is IG with a single step).
+
+All heads are done together: rollout runs one forward with attention maps and two backward passes
+(the experts' targets share one, since expert e's logit depends only on expert e's maps); the gradient
+methods replicate the example once per head along the batch, so every head's gradient comes out of one
+backward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .game import eval_mode, resolve_head, resolve_player_mask, select_target, target_values
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ATTRIBUTION_METHODS", "AttributionMaps", "attribute", "default_heads", "rollout"]
+
+ATTRIBUTION_METHODS = ("attn_rollout_grad", "integrated_gradients", "gradient_x_input")
+
+
+@dataclass
+class AttributionMaps:
+    """Token-importance maps `maps[head][modality] -> (T_m,)` (zero at non-players) of one example.
+
+    `player_mask[modality] -> (T_m,)` bool marks the players; `targets[head]` the labels each head's
+    map explains; `expert_weights[expert]` the router weights of the example.
+    """
+
+    method: str
+    maps: dict[str, dict[str, torch.Tensor]]
+    player_mask: dict[str, torch.Tensor]
+    targets: dict[str, list[int]] = field(default_factory=dict)
+    expert_weights: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def heads(self) -> list[str]:
+        return list(self.maps)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.player_mask)
+
+    def __getitem__(self, head: str) -> dict[str, torch.Tensor]:
+        if head not in self.maps:
+            raise KeyError(f"no map for head {head!r}; this result has {self.heads}")
+        return self.maps[head]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists (JSON-ready; `maps` has the layout of `Explanation.maps`)."""
+        return {
+            "method": self.method,
+            "maps": {h: {m: [float(v) for v in t.tolist()] for m, t in by_mod.items()} for h, by_mod in self.maps.items()},
+            "player_mask": {m: [bool(v) for v in t.tolist()] for m, t in self.player_mask.items()},
+            "targets": {h: list(t) for h, t in self.targets.items()},
+            "expert_weights": dict(self.expert_weights),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AttributionMaps":
+        return cls(
+            method=data["method"],
+            maps={h: {m: torch.tensor(v, dtype=torch.float32) for m, v in by_mod.items()} for h, by_mod in data["maps"].items()},
+            player_mask={m: torch.tensor(v, dtype=torch.bool) for m, v in data["player_mask"].items()},
+            targets={h: [int(x) for x in t] for h, t in data.get("targets", {}).items()},
+            expert_weights={k: float(v) for k, v in data.get("expert_weights", {}).items()},
+        )
+
+
+def default_heads(model: Any) -> list[str]:
+    """Every expert and the mixture (only the mixture for the dense baseline, whose one expert is it)."""
+    if model.config.mixture == "dense":
+        return ["mixture"]
+    return list(model.config.expert_names) + ["mixture"]
+
+
+def rollout(attentions: torch.Tensor, gradients: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    """Gradient-weighted attention rollout, batched over a leading dimension.
+
+    `attentions`, `gradients`: `(N, L, heads, T, T)`; `query_mask`: `(T,)` bool (rows averaged).
+    Returns token importances `(N, T)`: per layer `mean_heads(relu(A) * relu(dA)) + I`, row-normalised,
+    multiplied over layers (`R = Abar_L @ ... @ Abar_1`), then the mean over the masked query rows.
+    """
+    n, layers, _, t, _ = attentions.shape
+    eye = torch.eye(t, dtype=attentions.dtype, device=attentions.device)
+    relevance = eye.expand(n, t, t)
+    for layer in range(layers):
+        a = (attentions[:, layer].clamp_min(0) * gradients[:, layer].clamp_min(0)).mean(1) + eye
+        a = a / a.sum(-1, keepdim=True)
+        relevance = a @ relevance
+    return relevance[:, query_mask].mean(1)
+
+
+def _split(values: torch.Tensor, lengths: Sequence[int], names: Sequence[str]) -> dict[str, torch.Tensor]:
+    return dict(zip(names, values.split(list(lengths), dim=-1)))
+
+
+def attribute(
+    model: Any,
+    features: Mapping[str, torch.Tensor],
+    attention_mask: Mapping[str, torch.Tensor] | None = None,
+    player_mask: Mapping[str, torch.Tensor] | None = None,
+    method: str = "attn_rollout_grad",
+    heads: Sequence[int | str] | None = None,
+    target: int | Sequence[int] | None = None,
+    n_steps: int = 32,
+    internal_batch_size: int | None = None,
+) -> AttributionMaps:
+    """Token-importance maps of one example (B = 1) for every head in `heads`.
+
+    Args:
+        model: an `FLI2MoEModel` (interaction mixture or dense baseline); run in eval mode.
+        features / attention_mask / player_mask: as for `FeatureGame` (one example).
+        method: `"attn_rollout_grad"` (default), `"integrated_gradients"` or `"gradient_x_input"`.
+        heads: `"mixture"`, expert names or indices; default: every expert and the mixture.
+        target: labels to explain for every head; default: each head's own prediction (multi-label: its
+            predicted-positive labels, top-1 if none).
+        n_steps / internal_batch_size: integration steps and chunking of captum's IG.
+
+    Returns `AttributionMaps` with non-negative maps `(T_m,)` per head and modality, zero at non-players.
+    """
+    if method not in ATTRIBUTION_METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; choose one of {list(ATTRIBUTION_METHODS)}")
+    head_names = [resolve_head(model, h) for h in (default_heads(model) if heads is None else heads)]
+    if not head_names:
+        raise ValueError("heads is empty; pass None for every expert and the mixture, or a list of heads")
+    head_names = list(dict.fromkeys(head_names))
+    masks, players = resolve_player_mask(model, features, attention_mask, player_mask)
+    names = list(model.modality_names)
+    device = model.device
+    feats = {n: features[n].to(device).float() for n in names}
+    masks = {n: masks[n].to(device) for n in names}
+    problem_type = model.config.problem_type
+    expert_names = list(model.config.expert_names)
+
+    with eval_mode(model):
+        with torch.no_grad():
+            out = model(features=feats, attention_mask=masks)
+        logits_by_head = {"mixture": out.logits[0]}
+        logits_by_head.update({e: out.expert_logits[0, i] for i, e in enumerate(expert_names)})
+        if target is None:
+            targets = {h: select_target(logits_by_head[h], problem_type) for h in head_names}
+        else:
+            labels = [int(target)] if isinstance(target, int) else [int(t) for t in target]
+            num_labels = out.logits.shape[-1]
+            if not labels or any(not 0 <= t < num_labels for t in labels):
+                raise ValueError(f"target must be label indices in [0, {num_labels}), got {target!r}")
+            targets = {h: labels for h in head_names}
+        weights = out.expert_weights[0].float()
+
+        if method == "attn_rollout_grad":
+            raw = _rollout_maps(model, feats, masks, head_names, targets, weights)
+        else:
+            raw = _gradient_maps(model, feats, masks, head_names, targets, method, n_steps, internal_batch_size)
+
+    maps = {}
+    for h in head_names:
+        maps[h] = {n: (raw[h][n].detach().float().cpu() * players[n].cpu()).clamp_min(0) for n in names}
+    return AttributionMaps(
+        method=method,
+        maps=maps,
+        player_mask={n: players[n].cpu() for n in names},
+        targets=targets,
+        expert_weights={e: float(weights[i]) for i, e in enumerate(expert_names)},
+    )
+
+
+def _rollout_maps(
+    model: Any,
+    feats: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    head_names: list[str],
+    targets: dict[str, list[int]],
+    weights: torch.Tensor,
+) -> dict[str, dict[str, torch.Tensor]]:
+    names = list(model.modality_names)
+    expert_names = list(model.config.expert_names)
+    lengths = [feats[n].shape[1] for n in names]
+    query_mask = torch.cat([masks[n][0] for n in names])
+    with torch.enable_grad():
+        out = model(features=feats, attention_mask=masks, output_attentions=True)
+        attentions = out.attentions  # L x (E, 1, heads, T, T)
+        stacked = torch.stack([a[:, 0] for a in attentions], dim=1).detach()  # (E, L, heads, T, T)
+        expert_logits = out.expert_logits[0]  # (E, C)
+        objectives = []  # (kind, scalar): one backward per objective
+        experts_wanted = [h for h in head_names if h != "mixture"]
+        if experts_wanted:
+            objectives.append(
+                ("experts", sum(target_values(expert_logits[expert_names.index(h)][None], targets[h], "logit", None)[0]
+                                for h in experts_wanted))
+            )
+        if "mixture" in head_names:
+            # every expert's logit at the mixture's target: grad wrt expert e's maps = d(mixture)/dA_e / w_e
+            objectives.append(("mixture", target_values(expert_logits, targets["mixture"], "logit", None).sum()))
+        grads = {}
+        for i, (kind, objective) in enumerate(objectives):
+            g = torch.autograd.grad(objective, attentions, retain_graph=i + 1 < len(objectives))
+            grads[kind] = torch.stack([x[:, 0] for x in g], dim=1)  # (E, L, heads, T, T)
+    result = {}
+    if "experts" in grads:
+        per_expert = rollout(stacked, grads["experts"], query_mask)  # (E, T)
+        for h in head_names:
+            if h != "mixture":
+                result[h] = _split(per_expert[expert_names.index(h)], lengths, names)
+    if "mixture" in grads:
+        per_expert = rollout(stacked, grads["mixture"], query_mask)  # (E, T)
+        mixed = (weights.to(per_expert.dtype)[:, None] * per_expert).sum(0)
+        result["mixture"] = _split(mixed, lengths, names)
+    return result
+
+
+def _gradient_maps(
+    model: Any,
+    feats: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    head_names: list[str],
+    targets: dict[str, list[int]],
+    method: str,
+    n_steps: int,
+    internal_batch_size: int | None,
+) -> dict[str, dict[str, torch.Tensor]]:
+    names = list(model.modality_names)
+    expert_names = list(model.config.expert_names)
+    h = len(head_names)
+    means = model.get_modality_means()
+    inputs = tuple(feats[n].expand(h, -1, -1).clone() for n in names)  # one row per head
+    baselines = tuple(means[n].to(feats[n].dtype).expand_as(x).clone() for n, x in zip(names, inputs))
+    mask_rows = tuple(masks[n].expand(h, -1).clone() for n in names)
+    index = [(-1 if hd == "mixture" else expert_names.index(hd)) for hd in head_names]
+
+    def head_values(*args: torch.Tensor) -> torch.Tensor:
+        """`(N, heads)`: every head's target value for every row (captum picks column = row's head)."""
+        xs, ms = args[: len(names)], args[len(names) :]
+        out = model(features=dict(zip(names, xs)), attention_mask=dict(zip(names, ms)))
+        columns = []
+        for hd, i in zip(head_names, index):
+            logits = out.logits if i < 0 else out.expert_logits[:, i]
+            columns.append(target_values(logits, targets[hd], "logit", None))
+        return torch.stack(columns, dim=-1)
+
+    with torch.enable_grad():
+        if method == "integrated_gradients":
+            from captum.attr import IntegratedGradients
+
+            attributions = IntegratedGradients(head_values).attribute(
+                inputs,
+                baselines=baselines,
+                target=list(range(h)),
+                additional_forward_args=mask_rows,
+                n_steps=n_steps,
+                internal_batch_size=internal_batch_size,
+            )
+        else:
+            leaves = tuple(x.requires_grad_(True) for x in inputs)
+            values = head_values(*leaves, *mask_rows)  # (h, h)
+            grads = torch.autograd.grad(values.diagonal().sum(), leaves)
+            attributions = tuple(g * (x.detach() - b) for g, x, b in zip(grads, leaves, baselines))
+    return {
+        hd: {n: attributions[j][r].sum(-1).abs() for j, n in enumerate(names)} for r, hd in enumerate(head_names)
+    }

@@ -1,0 +1,436 @@
+"""The feature-level game of one example (SPEC 6): a value function over boolean coalitions of tokens.
+
+Players are the valid, non-special tokens of every modality (optionally grouped: word-pieces into
+words, patches into cells). A coalition is a boolean mask over players; an absent player's projected
+token is replaced by its modality's dataset-mean token (``fill="mean"``) or removed from attention and
+pooling (``fill="remove"``). The value is the target logit (or probability) of one head. The example is
+projected once; every chunk of coalitions is built with one ``torch.where`` in the projected space and
+evaluated in one batched forward under ``torch.inference_mode``.
+
+Estimators (shapley, faithfulness, pair masking) only need ``game(coalitions)``, ``n_players``,
+``modality_of_player``, ``value_full`` and ``value_empty``, as with shapiq's games.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FeatureGame",
+    "FILLS",
+    "OUTPUTS",
+    "check_random_state",
+    "eval_mode",
+    "patch_cell_groups",
+    "resolve_head",
+    "resolve_player_mask",
+    "select_target",
+    "target_values",
+    "word_groups",
+]
+
+FILLS = ("mean", "remove")
+OUTPUTS = ("logit", "probability")
+
+RandomState = int | np.random.Generator | torch.Generator | None
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def check_random_state(random_state: RandomState) -> np.random.Generator:
+    """A numpy Generator from an int seed, a numpy Generator (used as is), a torch.Generator (one draw
+    seeds a new numpy Generator) or None (fresh OS entropy). No global seeding anywhere."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, torch.Generator):
+        seed = int(torch.randint(0, 2**62, (1,), generator=random_state))
+        return np.random.default_rng(seed)
+    if random_state is None or isinstance(random_state, (int, np.integer)):
+        return np.random.default_rng(random_state)
+    raise TypeError(
+        f"random_state must be an int, a numpy Generator, a torch.Generator or None, got {type(random_state).__name__}"
+    )
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run `model` in eval mode (no dropout) and restore its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def resolve_head(model: Any, head: int | str) -> str:
+    """Canonical head name: ``"mixture"`` or an expert name (``"dense"`` for the dense baseline)."""
+    names = list(model.config.expert_names)
+    if head == "mixture":
+        return "mixture"
+    if isinstance(head, str):
+        if head not in names:
+            raise ValueError(f"unknown head {head!r}; use 'mixture' or one of this model's experts {names}")
+        return head
+    if isinstance(head, (int, np.integer)) and not isinstance(head, bool) and 0 <= int(head) < len(names):
+        return names[int(head)]
+    raise ValueError(f"unknown head {head!r}; use 'mixture', an expert name {names} or an index in [0, {len(names)})")
+
+
+def select_target(logits: torch.Tensor, problem_type: str | None) -> list[int]:
+    """The target labels of one head's logits `(C,)`: the predicted class; for multi-label the
+    predicted-positive labels (logit > 0), the top-1 label if none."""
+    logits = logits.detach().float().reshape(-1)
+    if problem_type == "multi_label_classification":
+        positive = (logits > 0).nonzero().flatten().tolist()
+        return positive or [int(logits.argmax())]
+    return [int(logits.argmax())]
+
+
+def _check_target(target: int | Sequence[int], num_labels: int) -> list[int]:
+    labels = [int(target)] if isinstance(target, (int, np.integer)) else [int(t) for t in target]
+    if not labels or any(not 0 <= t < num_labels for t in labels):
+        raise ValueError(
+            f"target must be a label index or a non-empty list of label indices in [0, {num_labels}), got {target!r}"
+        )
+    return labels
+
+
+def target_values(
+    logits: torch.Tensor, target: Sequence[int], output: str, problem_type: str | None
+) -> torch.Tensor:
+    """Values `(k,)` from logits `(k, C)`: the mean target logit, or the mean target probability
+    (softmax for single-label, sigmoid for multi-label and single-logit binary models)."""
+    logits = logits.float()
+    index = torch.as_tensor(list(target), dtype=torch.long, device=logits.device)
+    if output == "logit":
+        return logits.index_select(-1, index).mean(-1)
+    if problem_type == "regression":
+        raise ValueError("output='probability' is undefined for a regression model; use output='logit'")
+    if problem_type == "multi_label_classification" or logits.shape[-1] == 1:
+        return torch.sigmoid(logits.index_select(-1, index)).mean(-1)
+    return F.softmax(logits, dim=-1).index_select(-1, index).mean(-1)
+
+
+def resolve_player_mask(
+    model: Any,
+    features: Mapping[str, torch.Tensor],
+    attention_mask: Mapping[str, torch.Tensor] | None,
+    player_mask: Mapping[str, torch.Tensor] | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Validate one example (B = 1); return the bool attention masks `{name: (1, T)}` and player masks
+    `{name: (T,)}` (player mask AND attention mask; a modality missing from `player_mask` uses its
+    attention mask)."""
+    batch, masks = model._check_inputs(features, attention_mask)
+    if batch != 1:
+        raise ValueError(
+            f"this explains one example, but the features have batch size {batch}; "
+            "pass one row, e.g. {name: x[i:i+1]} for every modality"
+        )
+    players = {}
+    for name in model.modality_names:
+        valid = masks[name][0]
+        given = None if player_mask is None else player_mask.get(name)
+        if given is None:
+            players[name] = valid.clone()
+            continue
+        given = torch.as_tensor(given, device=valid.device).bool().reshape(-1)
+        if given.numel() != valid.numel():
+            raise ValueError(
+                f"player_mask[{name!r}] has {given.numel()} entries, but features[{name!r}] has {valid.numel()} "
+                "tokens; pass a (T,) or (1, T) mask with 1 for every token that may be a player"
+            )
+        players[name] = given & valid
+    if player_mask is not None:
+        extra = [n for n in player_mask if n not in model.modality_names]
+        if extra:
+            raise ValueError(f"player_mask has unknown modality {extra[0]!r}: expected {model.modality_names}")
+    return masks, players
+
+
+def word_groups(word_ids: Sequence[int | None]) -> list[list[int]]:
+    """Token positions grouped by word, from a tokenizer's `word_ids()` (None = special token, skipped).
+
+    Use as `groups={"text": word_groups(encoding.word_ids())}`."""
+    by_word: dict[int, list[int]] = {}
+    for position, word in enumerate(word_ids):
+        if word is not None:
+            by_word.setdefault(int(word), []).append(position)
+    return [by_word[w] for w in sorted(by_word, key=lambda w: by_word[w][0])]
+
+
+def patch_cell_groups(
+    grid: tuple[int, int], cell: tuple[int, int] = (2, 2), offset: int = 0
+) -> list[list[int]]:
+    """Token positions of a row-major `grid` (rows, cols) of patches grouped into `cell`-sized blocks
+    (edge blocks are smaller when the grid does not divide). `offset` shifts every position (e.g. 1
+    when a CLS token comes first). Use as `groups={"image": patch_cell_groups((7, 7))}`."""
+    rows, cols = (int(v) for v in grid)
+    cr, cc = (int(v) for v in cell)
+    if min(rows, cols, cr, cc) < 1:
+        raise ValueError(f"grid and cell must be positive (rows, cols) pairs, got grid={grid}, cell={cell}")
+    groups = []
+    for r0 in range(0, rows, cr):
+        for c0 in range(0, cols, cc):
+            groups.append(
+                [offset + r * cols + c for r in range(r0, min(r0 + cr, rows)) for c in range(c0, min(c0 + cc, cols))]
+            )
+    return groups
+
+
+# ------------------------------------------------------------------------------------------------ game
+class FeatureGame:
+    """Value function of one example over coalitions of its tokens (SPEC 6).
+
+    Args:
+        model: an `FLI2MoEModel` (interaction mixture or dense baseline); evaluated in eval mode.
+        features: `{name: (1, T_m, D_m)}` frozen-encoder features of ONE example.
+        attention_mask: `{name: (1, T_m)}`, 1 = real token (omitted = all valid).
+        player_mask: `{name: (T_m,) or (1, T_m)}`, 1 = may be a player (use 0 for special tokens such as
+            [CLS]/[SEP]); intersected with the attention mask. Non-players are always present.
+        head: `"mixture"`, an expert name or an expert index.
+        target: label index (or list of labels, multi-label) whose value is reported; default: the
+            head's prediction on the full input (multi-label: the predicted-positive labels, top-1 if none).
+        fill: `"mean"` (absent tokens become the modality's dataset-mean token, after projection) or
+            `"remove"` (absent tokens are masked out of attention and pooling).
+        output: `"logit"` (mean target logit) or `"probability"` (mean target probability).
+        groups: players made of several tokens. Either `{name: [[positions], ...]}` (token positions
+            of that modality; non-player positions are dropped, empty groups skipped) or
+            `[[player indices], ...]` indexing the ungrouped players (config modality order, positions
+            ascending). Groups must be disjoint and stay inside one modality; uncovered players stay
+            single. Players are ordered by modality, then by their first position.
+        chunk_size: coalitions per forward pass (memory knob).
+        autocast_dtype: e.g. `torch.bfloat16` to evaluate under autocast (fast on CPUs with AMX).
+
+    Attributes: `players` (list of (modality, first position)), `player_positions` (list of position
+    lists), `n_players`, `modality_of_player` (`(n_players,)` long, config modality index),
+    `modality_names`, `target` (labels), `value_full`, `value_empty`, `evaluations` (rows passed to
+    the game; the two reference values computed at construction are not counted).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        features: Mapping[str, torch.Tensor],
+        attention_mask: Mapping[str, torch.Tensor] | None = None,
+        player_mask: Mapping[str, torch.Tensor] | None = None,
+        head: int | str = "mixture",
+        target: int | Sequence[int] | None = None,
+        fill: str = "mean",
+        output: str = "logit",
+        groups: Mapping[str, Sequence[Sequence[int]]] | Sequence[Sequence[int]] | None = None,
+        chunk_size: int = 512,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        if fill not in FILLS:
+            raise ValueError(f"fill must be one of {list(FILLS)}, got {fill!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {list(OUTPUTS)}, got {output!r}")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        self.model = model
+        self.head = resolve_head(model, head)
+        self.fill = fill
+        self.output = output
+        self.chunk_size = chunk_size
+        self.autocast_dtype = autocast_dtype
+        self.problem_type = model.config.problem_type
+        self.modality_names = list(model.modality_names)
+        self.evaluations = 0
+
+        masks, players = resolve_player_mask(model, features, attention_mask, player_mask)
+        self.lengths = {n: int(features[n].shape[1]) for n in self.modality_names}
+        self.player_token_mask = {n: players[n].cpu() for n in self.modality_names}
+        trimmed, masks = model.trim_padding(features, masks)
+        self._build_players(groups)
+        if self.n_players == 0:
+            raise ValueError(
+                "this example has no players: every token is padding or excluded by player_mask; "
+                "check attention_mask / player_mask (players are valid, non-special tokens)"
+            )
+
+        device = model.device
+        with torch.inference_mode(), eval_mode(model):
+            projected = model.project({n: trimmed[n].to(device) for n in self.modality_names})
+            self._projected = {n: projected[n] for n in self.modality_names}  # (1, T, H)
+            fill_tokens = model.projected_modality_means()
+            self._fill = {n: fill_tokens[n].to(projected[n].dtype) for n in self.modality_names}  # (H,)
+        self._masks = {n: masks[n].to(device) for n in self.modality_names}  # (1, T) bool
+        # token -> player column (n_players = the always-present column for non-players)
+        self._token_player = {}
+        for n in self.modality_names:
+            index = torch.full((self._masks[n].shape[1],), self.n_players, dtype=torch.long)
+            for p in self._players_of[n]:
+                index[self.player_positions[p]] = p
+            self._token_player[n] = index.to(device)
+
+        full_logits = self._logits(torch.ones(1, self.n_players, dtype=torch.bool, device=device))[0]
+        self.full_logits = full_logits.float().cpu()
+        num_labels = full_logits.shape[-1]
+        self.target = (
+            select_target(full_logits, self.problem_type) if target is None else _check_target(target, num_labels)
+        )
+        self.value_full = float(target_values(full_logits[None], self.target, output, self.problem_type)[0])
+        empty_logits = self._logits(torch.zeros(1, self.n_players, dtype=torch.bool, device=device))
+        self.value_empty = float(target_values(empty_logits, self.target, output, self.problem_type)[0])
+        logger.debug(
+            "FeatureGame: %d players (%s), head %s, target %s, v(N) = %.4f, v(empty) = %.4f",
+            self.n_players,
+            {n: len(self._players_of[n]) for n in self.modality_names},
+            self.head,
+            self.target,
+            self.value_full,
+            self.value_empty,
+        )
+
+    # ------------------------------------------------------------------ players
+    def _build_players(self, groups: Any) -> None:
+        names = self.modality_names
+        base = [(n, int(p)) for n in names for p in self.player_token_mask[n].nonzero().flatten().tolist()]
+        members: list[tuple[str, list[int]]] = []
+        covered: set[tuple[str, int]] = set()
+        if groups is None:
+            pass
+        elif isinstance(groups, Mapping):
+            unknown = [k for k in groups if k not in names]
+            if unknown:
+                raise ValueError(f"groups has unknown modality {unknown[0]!r}: expected some of {names}")
+            for n, lists in groups.items():
+                is_player = self.player_token_mask[n]
+                for g in lists:
+                    positions = sorted({int(p) for p in g if 0 <= int(p) < is_player.numel() and bool(is_player[int(p)])})
+                    if positions:
+                        members.append((n, positions))
+        else:
+            for g in groups:
+                idx = [int(i) for i in g]
+                if not idx:
+                    raise ValueError("groups contains an empty group; every group needs at least one player index")
+                bad = [i for i in idx if not 0 <= i < len(base)]
+                if bad:
+                    raise ValueError(
+                        f"groups refers to player index {bad[0]}, but this example has {len(base)} ungrouped players "
+                        "(valid, non-special tokens of all modalities, in config order)"
+                    )
+                mods = {base[i][0] for i in idx}
+                if len(mods) > 1:
+                    raise ValueError(f"group {idx} mixes modalities {sorted(mods)}; a group must stay inside one modality")
+                members.append((base[idx[0]][0], sorted({base[i][1] for i in idx})))
+        for n, positions in members:
+            for p in positions:
+                if (n, p) in covered:
+                    raise ValueError(f"groups overlap: token {p} of modality {n!r} is in two groups; groups must be disjoint")
+                covered.add((n, p))
+        members += [(n, [p]) for n, p in base if (n, p) not in covered]
+        members.sort(key=lambda m: (names.index(m[0]), m[1][0]))
+        self.players: list[tuple[str, int]] = [(n, pos[0]) for n, pos in members]
+        self.player_positions: list[list[int]] = [pos for _, pos in members]
+        self.n_players = len(members)
+        self.modality_of_player = torch.tensor([names.index(n) for n, _ in members], dtype=torch.long)
+        self._players_of = {n: [i for i, (m, _) in enumerate(members) if m == n] for n in names}
+
+    def players_of(self, modality: str) -> torch.Tensor:
+        """Indices `(n_m,)` of the players of one modality."""
+        if modality not in self._players_of:
+            raise ValueError(f"unknown modality {modality!r}; this game has {self.modality_names}")
+        return torch.tensor(self._players_of[modality], dtype=torch.long)
+
+    def player_scores(self, token_map: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Per-player scores `(n_players,)` from a token map `{name: (T_m,)}`: the sum over each player's tokens."""
+        scores = torch.zeros(self.n_players, dtype=torch.float64)
+        for i, ((n, _), positions) in enumerate(zip(self.players, self.player_positions)):
+            if n not in token_map:
+                raise ValueError(f"the map has no entry for modality {n!r}; expected {self.modality_names}")
+            values = torch.as_tensor(token_map[n]).detach().reshape(-1).cpu().double()
+            if values.numel() < self.lengths[n]:
+                raise ValueError(
+                    f"the map of modality {n!r} has {values.numel()} entries, but the example has {self.lengths[n]} tokens"
+                )
+            scores[i] = values[positions].sum()
+        return scores
+
+    def token_map(self, player_values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Spread per-player values `(n_players,)` back to tokens `{name: (T_m,)}` (zero at non-players)."""
+        values = torch.as_tensor(player_values).detach().reshape(-1).cpu().double()
+        if values.numel() != self.n_players:
+            raise ValueError(f"expected {self.n_players} player values, got {values.numel()}")
+        out = {n: torch.zeros(self.lengths[n], dtype=torch.float64) for n in self.modality_names}
+        for i, ((n, _), positions) in enumerate(zip(self.players, self.player_positions)):
+            out[n][positions] = values[i]
+        return out
+
+    # --------------------------------------------------------------- evaluation
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.model.device.type, dtype=self.autocast_dtype)
+
+    def _logits(self, coalitions: torch.Tensor) -> torch.Tensor:
+        """Head logits `(k, C)` of a chunk of coalitions `(k, n_players)` bool (on the model's device)."""
+        k = coalitions.shape[0]
+        with torch.inference_mode(), eval_mode(self.model), self._autocast():
+            always = torch.ones(k, 1, dtype=torch.bool, device=coalitions.device)
+            present_cols = torch.cat([coalitions, always], dim=1)  # (k, n_players + 1)
+            projected, masks = {}, {}
+            for n in self.modality_names:
+                present = present_cols[:, self._token_player[n]]  # (k, T)
+                base_mask = self._masks[n].expand(k, -1)
+                if self.fill == "mean":
+                    projected[n] = torch.where(present.unsqueeze(-1), self._projected[n], self._fill[n])
+                    masks[n] = base_mask
+                else:
+                    projected[n] = self._projected[n].expand(k, -1, -1)
+                    masks[n] = base_mask & present
+            return self.model.head_logits_from_projected(projected, masks, self.head).float()
+
+    def __call__(self, coalitions: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Values `(k,)` (float32, CPU) of coalitions `(k, n_players)` bool; every row is counted."""
+        if isinstance(coalitions, np.ndarray):
+            if coalitions.dtype != np.bool_:
+                raise TypeError(
+                    f"coalitions must be boolean (True = player present), got numpy dtype {coalitions.dtype}; "
+                    "convert with coalitions.astype(bool)"
+                )
+            coalitions = torch.from_numpy(coalitions)
+        if not torch.is_tensor(coalitions) or coalitions.dtype != torch.bool:
+            got = coalitions.dtype if torch.is_tensor(coalitions) else type(coalitions).__name__
+            raise TypeError(f"coalitions must be a torch.BoolTensor (True = player present), got {got}; use .bool()")
+        if coalitions.dim() != 2 or coalitions.shape[1] != self.n_players:
+            raise ValueError(
+                f"coalitions must have shape (k, n_players) = (k, {self.n_players}), got {tuple(coalitions.shape)}; "
+                "for one coalition use coalition[None]"
+            )
+        k = coalitions.shape[0]
+        out = torch.empty(k, dtype=torch.float32)
+        device = self.model.device
+        for start in range(0, k, self.chunk_size):
+            chunk = coalitions[start : start + self.chunk_size].to(device)
+            logits = self._logits(chunk)
+            out[start : start + chunk.shape[0]] = target_values(logits, self.target, self.output, self.problem_type).cpu()
+        self.evaluations += k
+        return out
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n}: {len(self._players_of[n])}" for n in self.modality_names)
+        return (
+            f"FeatureGame(head={self.head!r}, n_players={self.n_players} ({counts}), fill={self.fill!r}, "
+            f"output={self.output!r}, target={self.target}, evaluations={self.evaluations})"
+        )
+
+    @property
+    def grand_coalition(self) -> torch.Tensor:
+        return torch.ones(1, self.n_players, dtype=torch.bool)
+
+    @property
+    def empty_coalition(self) -> torch.Tensor:
+        return torch.zeros(1, self.n_players, dtype=torch.bool)
+

@@ -1,0 +1,486 @@
+"""Pairwise Shapley Interaction Index (SII) and redundancy gap (RG): shared-context Monte Carlo and exact (SPEC 6).
+
+For a pair (i, j) and a context S in N \\ {i, j}:
+
+    D_ij(S) = v(S+ij) - v(S+i) - v(S+j) + v(S)          (SII averages D)
+    G_ij(S) = min(v(S+i), v(S+j)) - v(S)                 (RG averages G)
+
+both under the SII distribution p(S) = |S|! (n-|S|-2)! / (n-1)!, i.e. the size s uniform in 0..n-2 and
+S uniform among the s-subsets of N \\ {i, j}.
+
+The Monte Carlo estimator (`PairInteractionApproximator`, `shapley_interactions`) shares every
+evaluation across the requested pairs. A context is ONE random coalition A over all n players with
+its size t uniform in 0..n and A uniform among the t-subsets. For every pair, S = A \\ {i, j} then has
+exactly the SII distribution: P(S) = sum_k C(2, k) / ((n+1) C(n, |S|+k)) = int_0^1 p^s (1-p)^(n-2-s) dp
+= s! (n-2-s)! / (n-1)! (A is "each player present with probability p, p ~ U(0, 1)"). The four
+coalitions of pair (i, j) are A with i and/or j toggled, so one context costs only
+1 + |players in pairs| + |pairs| rows (A, A xor {i}, A xor {i, j}) instead of 4 per pair. Two
+variance reductions keep the estimate unbiased:
+
+* antithetic contexts: each A is paired with its complement N \\ A (same distribution), which cancels
+  the part of D and G that is linear in the context (order-3 Moebius terms exactly);
+* exact border strata (as shapiq's border trick): the strata |S| < a and |S| > n-2-a, whose per-set
+  weights are the largest, are enumerated exactly when that lowers the expected error (the choice of
+  a depends only on n, the pairs and the budget). The middle strata are sampled with t uniform in
+  a..n-a, which gives every middle set the probability p(S) (n+1) / (n+1-2a): conditional on landing
+  in the middle, S has exactly the SII distribution restricted to the middle. The sampled part is
+  therefore post-stratified: (middle mass (n-1-2a)/(n-1)) x (mean of D over the units that landed in
+  the middle), unbiased given at least one such unit (for a = 0 every unit does; with exact strata a
+  unit misses the middle with a small probability, about 4/n**2 for a = 1).
+
+The number of contexts is fixed before sampling (from the undeduplicated cost), so it never depends
+on the sampled coalitions; identical rows are evaluated once, hence `evaluations <= budget`. The
+standard error is the middle mass times the sample standard deviation of the per-unit values (a
+unit = a context and its complement) over sqrt(#units that landed in the middle).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from modeling_fli2moe.explain.game import RandomState, check_random_state
+from modeling_fli2moe.explain.result_interactions import InteractionResult
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MAX_EXACT_PLAYERS",
+    "InteractionResult",
+    "PairInteractionApproximator",
+    "ValueFn",
+    "cross_modal_pairs",
+    "exact_shapley_interactions",
+    "shapley_interactions",
+    "sii_weights",
+]
+
+ValueFn = Callable[[torch.Tensor], torch.Tensor]
+"""Maps a bool tensor `(k, n_players)` (True = present) to float values `(k,)`."""
+
+MAX_EXACT_PLAYERS = 16
+_MAX_BORDER_BYTES = 2**27  # raw bool rows generated at most (bytes) when pricing exact border strata
+_FEW_UNITS = 10
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_pairs(pairs: Any, n_players: int) -> np.ndarray:
+    """`(m, 2)` int64 array of the requested pairs; clear errors for anything else."""
+    if torch.is_tensor(pairs):
+        pairs = pairs.detach().cpu().numpy()
+    try:
+        arr = np.asarray(pairs)
+    except (TypeError, ValueError) as err:  # ragged input
+        raise ValueError(f"pairs must be a sequence of (i, j) player index pairs, got {pairs!r}") from err
+    if arr.size == 0:
+        raise ValueError("pairs is empty; pass at least one (i, j) pair of player indices")
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"pairs must have shape (m, 2): a list of (i, j) tuples, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.number) or not np.all(np.equal(np.mod(arr, 1), 0)):
+            raise ValueError(f"pairs must hold integer player indices, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    bad = np.flatnonzero((arr < 0).any(1) | (arr >= n_players).any(1))
+    if bad.size:
+        i, j = arr[bad[0]]
+        raise ValueError(
+            f"pair {bad[0]} = ({i}, {j}) has a player index out of range; indices must be in [0, {n_players})"
+        )
+    same = np.flatnonzero(arr[:, 0] == arr[:, 1])
+    if same.size:
+        i = arr[same[0], 0]
+        raise ValueError(f"pair {same[0]} = ({i}, {i}) repeats one player; a pair needs two different players i != j")
+    return arr
+
+
+def _as_values(out: Any, k: int) -> np.ndarray:
+    """Validate one value_fn output for `k` coalitions and return float64 numpy `(k,)`."""
+    if torch.is_tensor(out):
+        arr = out.detach().to("cpu", torch.float64).numpy()
+    else:
+        try:
+            arr = np.asarray(out, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"value_fn must return a float tensor of shape ({k},), got {type(out).__name__}"
+            ) from err
+    if arr.shape != (k,):
+        raise ValueError(
+            f"value_fn returned shape {tuple(arr.shape)} for {k} coalitions; it must return one value per "
+            f"coalition, shape ({k},) (e.g. squeeze a trailing dimension)"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("value_fn returned NaN or inf; the game's values must be finite")
+    return arr
+
+
+def sii_weights(n_players: int) -> np.ndarray:
+    """SII weights `(n-1,)`: `w[s] = s! (n-s-2)! / (n-1)!`, the probability of one context of size s."""
+    s = np.arange(n_players - 1, dtype=np.float64)
+    log_w = np.array([math.lgamma(x + 1) + math.lgamma(n_players - x - 1) for x in s]) - math.lgamma(n_players)
+    return np.exp(log_w)
+
+
+def cross_modal_pairs(
+    modality_of_player: Sequence[int] | torch.Tensor, players: Sequence[int] | None = None
+) -> np.ndarray:
+    """All pairs `(m, 2)` (i < j) of `players` (default: all) whose modalities differ."""
+    modality = np.asarray(torch.as_tensor(modality_of_player).cpu(), dtype=np.int64).reshape(-1)
+    chosen = np.arange(modality.size) if players is None else np.unique(np.asarray(players, dtype=np.int64))
+    i, j = np.triu_indices(chosen.size, k=1)
+    keep = modality[chosen[i]] != modality[chosen[j]]
+    return np.stack([chosen[i][keep], chosen[j][keep]], axis=1)
+
+
+# ----------------------------------------------------------------------------------- row machinery
+def _to_void(packed: np.ndarray) -> np.ndarray:
+    packed = np.ascontiguousarray(packed)
+    return packed.view(np.dtype((np.void, packed.shape[-1]))).reshape(packed.shape[:-1])
+
+
+class _Evaluator:
+    """Calls `value_fn` on packed coalition rows in chunks of `batch_size` and counts the rows."""
+
+    def __init__(self, value_fn: ValueFn, n_players: int, batch_size: int) -> None:
+        if not callable(value_fn):
+            raise TypeError(
+                f"value_fn must be callable (bool tensor (k, n_players) -> (k,)), got {type(value_fn).__name__}"
+            )
+        self.value_fn = value_fn
+        self.n_players = n_players
+        self.batch_size = batch_size
+        self.evaluations = 0
+        self.calls = 0
+
+    def __call__(self, packed_unique: np.ndarray) -> np.ndarray:
+        out = np.empty(len(packed_unique), dtype=np.float64)
+        for start in range(0, len(packed_unique), self.batch_size):
+            chunk = packed_unique[start : start + self.batch_size]
+            rows = np.unpackbits(chunk, axis=1, count=self.n_players).astype(bool)
+            with torch.inference_mode():
+                values = self.value_fn(torch.from_numpy(rows))
+            out[start : start + len(chunk)] = _as_values(values, len(chunk))
+            self.evaluations += len(chunk)
+            self.calls += 1
+        return out
+
+
+def _stratum_rows(n: int, pairs: np.ndarray, s: int) -> np.ndarray:
+    """Bool rows `(m, K, 4, n)`: for every pair and every s-subset S of N \\ {i, j}, the coalitions
+    S, S+i, S+j, S+ij."""
+    m = len(pairs)
+    combos = np.array(list(itertools.combinations(range(n - 2), s)), dtype=np.int64).reshape(math.comb(n - 2, s), s)
+    others = np.ones((m, n), dtype=bool)
+    others[np.arange(m), pairs[:, 0]] = False
+    others[np.arange(m), pairs[:, 1]] = False
+    rest = np.nonzero(others)[1].reshape(m, n - 2)
+    base = np.zeros((m, len(combos), n), dtype=bool)
+    if s > 0:
+        np.put_along_axis(base, rest[:, combos], True, axis=2)
+    rows = np.repeat(base[:, :, None, :], 4, axis=2)
+    ar = np.arange(m)
+    rows[ar, :, 1, pairs[:, 0]] = True
+    rows[ar, :, 2, pairs[:, 1]] = True
+    rows[ar, :, 3, pairs[:, 0]] = True
+    rows[ar, :, 3, pairs[:, 1]] = True
+    return rows
+
+
+def _border_strata(a: int, n: int) -> list[int]:
+    """The context sizes enumerated exactly when the outer `a` sizes on each side are exact."""
+    return sorted({s for x in range(a) for s in (x, n - 2 - x) if 0 <= s <= n - 2})
+
+
+def _plan(n: int, pairs: np.ndarray, budget: int, unit: int, border: bool, antithetic: bool) -> tuple[int, int]:
+    """Choose `a` (exact strata |S| < a and |S| > n-2-a) and the number of sampled units.
+
+    Minimises the variance proxy weight * middle_mass / units (constant per-sample variance); returns
+    (a, units) with units = 0 when everything is exact."""
+    n_pair_players = len(np.unique(pairs))
+    costs = [0]
+    known = np.empty((0,), dtype=np.dtype((np.void, (n + 7) // 8)))
+    raw_total = 0
+    raw_limit = min(_MAX_BORDER_BYTES // n, 8 * budget + 4096)
+    a = 0
+    while border and 2 * a <= n - 2:
+        strata = sorted({a, n - 2 - a})
+        raw = 4 * len(pairs) * sum(math.comb(n - 2, s) for s in strata)
+        raw_total += raw
+        if raw_total > raw_limit:
+            break
+        rows = np.concatenate([_stratum_rows(n, pairs, s).reshape(-1, n) for s in strata])
+        known = np.unique(np.concatenate([known, _to_void(np.packbits(rows, axis=1))]))
+        if len(known) > budget:
+            break
+        costs.append(len(known))
+        a += 1
+    best: tuple[float, int, int] | None = None
+    for a, cost in enumerate(costs):
+        if 2 * a > n - 2:  # every stratum exact
+            return a, 0
+        units = (budget - cost) // unit
+        if units < 2:
+            continue
+        proxy = (n + 1 - 2 * a) / (n + 1) * (n - 1 - 2 * a) / (n - 1) / units
+        if best is None or proxy < best[0]:
+            best = (proxy, a, units)
+    if best is None:
+        what = "two antithetic pairs of contexts" if antithetic else "two contexts"
+        raise ValueError(
+            f"budget={budget} is too small: one context for {len(pairs)} pairs over {n_pair_players} players "
+            f"costs 1 + {n_pair_players} + {len(pairs)} = {unit // (2 if antithetic else 1)} evaluations and a "
+            f"standard error needs {what} ({2 * unit} evaluations); raise budget to at least {2 * unit} "
+            "or request fewer pairs"
+        )
+    return best[1], best[2]
+
+
+def _middle_mean(x: np.ndarray, inside: np.ndarray, n: int, a: int) -> tuple[np.ndarray, np.ndarray]:
+    """Estimate and standard error of the sampled strata a..n-2-a from per-unit values `x` `(U, ...)`.
+
+    Post-stratified: units whose context size falls in the middle are i.i.d. draws of the SII
+    distribution restricted to the middle, so mass * (their mean) is unbiased given at least one of
+    them. A pair with fewer than two such units (rare; only with exact strata) falls back to the
+    Horvitz-Thompson mean over all units, weight (n+1-2a)/(n+1) inside and 0 outside."""
+    mass = (n - 1 - 2 * a) / (n - 1)
+    count = inside.sum(0)
+    safe = np.maximum(count, 1)
+    mean = np.where(inside, x, 0.0).sum(0) / safe
+    var = np.where(inside, (x - mean) ** 2, 0.0).sum(0) / np.maximum(count - 1, 1)
+    estimate = mass * mean
+    se = mass * np.sqrt(var / safe)
+    few = np.broadcast_to(count < 2, estimate.shape)
+    if few.any():
+        logger.warning(
+            "%d estimate(s) had fewer than 2 sampled contexts in the middle strata; using the Horvitz-Thompson "
+            "estimate for them",
+            int(few.sum()),
+        )
+        ht = (n + 1 - 2 * a) / (n + 1) * np.where(inside, x, 0.0)
+        estimate = np.where(few, ht.mean(0), estimate)
+        se = np.where(few, ht.std(0, ddof=1) / math.sqrt(len(x)), se)
+    return estimate, se
+
+
+# ----------------------------------------------------------------------------------- approximator
+class PairInteractionApproximator:
+    """Shared-context Monte Carlo for the SII and redundancy gap of many pairs (see the module docstring).
+
+    Args:
+        budget: most rows passed to the value function (identical rows are evaluated once).
+        random_state: int, numpy Generator, torch.Generator or None.
+        batch_size: rows per value function call.
+        antithetic: pair every sampled context with its complement.
+        border: enumerate the outer context sizes exactly when that is cheaper than sampling them.
+    """
+
+    def __init__(
+        self,
+        budget: int,
+        *,
+        random_state: RandomState = None,
+        batch_size: int = 1024,
+        antithetic: bool = True,
+        border: bool = True,
+    ) -> None:
+        self.budget = _check_int("budget", budget, 1)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.random_state = random_state
+        self.antithetic = bool(antithetic)
+        self.border = bool(border)
+
+    def __repr__(self) -> str:
+        return (
+            f"PairInteractionApproximator(budget={self.budget}, batch_size={self.batch_size}, "
+            f"antithetic={self.antithetic}, border={self.border})"
+        )
+
+    def approximate(self, value_fn: ValueFn, n_players: int, pairs: Any) -> InteractionResult:
+        """Estimate SII and RG (with standard errors) of every pair in `pairs` `(m, 2)`."""
+        n = _check_int("n_players", n_players, 2)
+        requested = _check_pairs(pairs, n)
+        rng = check_random_state(self.random_state)
+        evaluator = _Evaluator(value_fn, n, self.batch_size)
+
+        # unordered unique pairs drive the rows; results are mapped back to the requested order
+        unique_pairs, back = np.unique(np.sort(requested, axis=1), axis=0, return_inverse=True)
+        back = back.reshape(-1)
+        m = len(unique_pairs)
+        players = np.unique(unique_pairs)
+        rows_per_context = 1 + len(players) + m
+        unit = rows_per_context * (2 if self.antithetic else 1)
+        a, units = _plan(n, unique_pairs, self.budget, unit, self.border, self.antithetic)
+        exact_sizes = _border_strata(a, n)
+        if 0 < units < _FEW_UNITS:
+            logger.warning(
+                "budget=%d leaves only %d sampled units for %d pairs; their standard errors are rough "
+                "(raise budget or request fewer pairs)", self.budget, units, m,
+            )
+        logger.debug(
+            "SII plan: n=%d, %d pairs over %d players, %d rows/context, exact sizes %s, %d units",
+            n, m, len(players), rows_per_context, exact_sizes, units,
+        )
+
+        # ---- rows: exact strata, then the sampled contexts
+        blocks: list[np.ndarray] = []
+        stratum_shapes: list[tuple[int, int]] = []
+        for s in exact_sizes:
+            rows = _stratum_rows(n, unique_pairs, s)
+            stratum_shapes.append((s, rows.shape[1]))
+            blocks.append(np.packbits(rows, axis=-1).reshape(-1, (n + 7) // 8))
+        contexts = np.zeros((0, n), dtype=bool)
+        if units:
+            t = rng.integers(a, n - a + 1, size=units)
+            rank = np.argsort(np.argsort(rng.random((units, n)), axis=1), axis=1)
+            contexts = rank < t[:, None]
+            if self.antithetic:
+                contexts = np.stack([contexts, ~contexts], axis=1).reshape(-1, n)
+            flips = np.zeros((rows_per_context, n), dtype=bool)
+            flips[1 + np.arange(len(players)), players] = True
+            pair_rows = 1 + len(players) + np.arange(m)
+            flips[pair_rows, unique_pairs[:, 0]] = True
+            flips[pair_rows, unique_pairs[:, 1]] = True
+            step = max(1, 2**24 // (rows_per_context * n))
+            for start in range(0, len(contexts), step):
+                rows = contexts[start : start + step, None, :] ^ flips[None]
+                blocks.append(np.packbits(rows, axis=-1).reshape(-1, (n + 7) // 8))
+        packed = np.concatenate(blocks)
+        uniq, inverse = np.unique(_to_void(packed), return_inverse=True)
+        if len(uniq) > self.budget:  # cannot happen by construction; guard the promise anyway
+            raise RuntimeError(f"internal error: {len(uniq)} distinct rows exceed budget={self.budget}")
+        values = evaluator(uniq.view(np.uint8).reshape(len(uniq), -1))[inverse.reshape(-1)]
+
+        # ---- exact strata
+        weights = sii_weights(n)
+        sii = np.zeros(m)
+        rg = np.zeros(m)
+        offset = 0
+        for s, k in stratum_shapes:
+            v = values[offset : offset + m * k * 4].reshape(m, k, 4)
+            offset += m * k * 4
+            sii += weights[s] * (v[..., 3] - v[..., 1] - v[..., 2] + v[..., 0]).sum(1)
+            rg += weights[s] * (np.minimum(v[..., 1], v[..., 2]) - v[..., 0]).sum(1)
+
+        # ---- sampled middle strata
+        sii_se = np.zeros(m)
+        rg_se = np.zeros(m)
+        if units:
+            v = values[offset:].reshape(len(contexts), rows_per_context)
+            col_i = 1 + np.searchsorted(players, unique_pairs[:, 0])
+            col_j = 1 + np.searchsorted(players, unique_pairs[:, 1])
+            col_ij = 1 + len(players) + np.arange(m)
+            # v4[..., code]: the row A xor Y with Y = {i if code & 1} | {j if code & 2}
+            v4 = np.stack([np.broadcast_to(v[:, :1], (len(v), m)), v[:, col_i], v[:, col_j], v[:, col_ij]], axis=-1)
+            ai = contexts[:, unique_pairs[:, 0]].astype(np.int64)
+            aj = contexts[:, unique_pairs[:, 1]].astype(np.int64)
+
+            def pick(code: np.ndarray) -> np.ndarray:
+                return np.take_along_axis(v4, code[..., None], axis=-1)[..., 0]
+
+            v_s = pick(ai + 2 * aj)  # S = A \ {i, j}
+            v_si = pick((1 - ai) + 2 * aj)
+            v_sj = pick(ai + 2 * (1 - aj))
+            v_sij = pick((1 - ai) + 2 * (1 - aj))
+            size = contexts.sum(1, keepdims=True) - ai - aj
+            inside = (size >= a) & (size <= n - 2 - a)  # sizes of the exact strata are not re-sampled
+            d = v_sij - v_si - v_sj + v_s
+            g = np.minimum(v_si, v_sj) - v_s
+            if self.antithetic:  # |S(N \ A)| = n - 2 - |S(A)|: a unit is inside or outside as a whole
+                d = d.reshape(units, 2, m).mean(1)
+                g = g.reshape(units, 2, m).mean(1)
+                inside = inside.reshape(units, 2, m)[:, 0]
+            mean, se = _middle_mean(np.stack([d, g], axis=-1), inside[..., None], n, a)
+            sii += mean[:, 0]
+            rg += mean[:, 1]
+            sii_se, rg_se = se[:, 0], se[:, 1]
+
+        logger.debug("SII done: %d evaluations in %d calls", evaluator.evaluations, evaluator.calls)
+        return InteractionResult(
+            pairs=requested,
+            sii=sii[back],
+            sii_se=sii_se[back],
+            redundancy_gap=rg[back],
+            redundancy_gap_se=rg_se[back],
+            evaluations=evaluator.evaluations,
+            n_players=n,
+            budget=self.budget,
+            method="monte_carlo" if units else "exact",
+            n_contexts=len(contexts),
+            exact_sizes=exact_sizes,
+        )
+
+
+def shapley_interactions(
+    value_fn: ValueFn,
+    n_players: int,
+    pairs: Any,
+    budget: int,
+    random_state: RandomState = None,
+    batch_size: int = 1024,
+    *,
+    antithetic: bool = True,
+    border: bool = True,
+) -> InteractionResult:
+    """Unbiased Monte Carlo SII and redundancy gap of `pairs`, sharing evaluations across pairs.
+
+    See the module docstring for the sampling scheme; `PairInteractionApproximator` for the options."""
+    approximator = PairInteractionApproximator(
+        budget, random_state=random_state, batch_size=batch_size, antithetic=antithetic, border=border
+    )
+    return approximator.approximate(value_fn, n_players, pairs)
+
+
+def exact_shapley_interactions(
+    value_fn: ValueFn, n_players: int, pairs: Any, batch_size: int = 1024
+) -> InteractionResult:
+    """Exact SII and redundancy gap of `pairs` by evaluating all `2**n_players` coalitions (n <= 16)."""
+    n = _check_int("n_players", n_players, 2)
+    if n > MAX_EXACT_PLAYERS:
+        raise ValueError(
+            f"exact enumeration needs 2**n_players = 2**{n} evaluations; it is limited to "
+            f"n_players <= {MAX_EXACT_PLAYERS}. Use shapley_interactions(...) with a budget instead"
+        )
+    requested = _check_pairs(pairs, n)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    evaluator = _Evaluator(value_fn, n, batch_size)
+    masks = np.arange(2**n, dtype=np.int64)
+    bits = ((masks[:, None] >> np.arange(n)) & 1).astype(bool)  # row r = coalition with bitmask r
+    values = evaluator(np.packbits(bits, axis=1))
+    size = bits.sum(1)
+    weights = sii_weights(n)
+    i, j = requested[:, 0], requested[:, 1]
+    bi, bj = np.int64(1) << i, np.int64(1) << j
+    contexts = np.stack([masks[~bits[:, a] & ~bits[:, b]] for a, b in requested])  # (m, 2**(n-2))
+    w = weights[size[contexts]]
+    v_s = values[contexts]
+    v_si = values[contexts | bi[:, None]]
+    v_sj = values[contexts | bj[:, None]]
+    v_sij = values[contexts | (bi | bj)[:, None]]
+    sii = (w * (v_sij - v_si - v_sj + v_s)).sum(1)
+    rg = (w * (np.minimum(v_si, v_sj) - v_s)).sum(1)
+    zeros = np.zeros(len(requested))
+    return InteractionResult(
+        pairs=requested,
+        sii=sii,
+        sii_se=zeros,
+        redundancy_gap=rg,
+        redundancy_gap_se=zeros.copy(),
+        evaluations=evaluator.evaluations,
+        n_players=n,
+        budget=2**n,
+        method="exact",
+        n_contexts=0,
+        exact_sizes=list(range(n - 1)),
+    )

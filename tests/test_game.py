@@ -1,0 +1,242 @@
+"""FeatureGame: batched coalition values against an independent one-at-a-time reference."""
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_fli2moe import FLI2MoEModel
+from modeling_fli2moe.explain.game import (
+    FeatureGame,
+    check_random_state,
+    patch_cell_groups,
+    select_target,
+    word_groups,
+)
+from modeling_fli2moe.testing.models import tiny_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run far faster on one thread than on two contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_model(**overrides) -> FLI2MoEModel:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = FLI2MoEModel(tiny_config(**overrides)).eval()
+        model.set_modality_means({m["name"]: torch.randn(m["input_dim"]) for m in model.config.modalities})
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+@pytest.fixture(scope="module")
+def example():
+    g = torch.Generator().manual_seed(1)
+    features = {"text": torch.randn(1, 7, 12, generator=g), "image": torch.randn(1, 9, 20, generator=g)}
+    mask = {"text": torch.tensor([[1, 1, 1, 1, 1, 0, 0]]), "image": torch.ones(1, 9, dtype=torch.long)}
+    player_mask = {"text": torch.tensor([0, 1, 1, 1, 1, 1, 1])}  # position 0 plays [CLS]
+    return features, mask, player_mask
+
+
+def reference_value(model, features, mask, game, coalition, fill):
+    """One coalition through the raw-feature path: mean feature tokens (projection is affine) or masking."""
+    feats = {n: x.clone() for n, x in features.items()}
+    masks = {n: m.clone().bool() for n, m in mask.items()}
+    means = model.get_modality_means()
+    for p, present in enumerate(coalition.tolist()):
+        name = game.players[p][0]
+        for pos in game.player_positions[p]:
+            if present:
+                continue
+            if fill == "mean":
+                feats[name][0, pos] = means[name]
+            else:
+                masks[name][0, pos] = False
+    with torch.no_grad():
+        logits = model.head_logits(feats, masks, game.head)[0]
+    return logits[game.target].mean()
+
+
+def random_coalitions(n, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.rand(k, n, generator=g) < torch.rand(k, 1, generator=g)
+    c[0], c[1] = True, False
+    return c
+
+
+@pytest.mark.parametrize("fill", ["mean", "remove"])
+@pytest.mark.parametrize("head", ["mixture", "synergy", 0])
+def test_batched_equals_one_at_a_time(model, example, fill, head):
+    features, mask, player_mask = example
+    game = FeatureGame(model, features, mask, player_mask, head=head, fill=fill)
+    assert game.n_players == 4 + 9
+    assert game.players[:4] == [("text", 1), ("text", 2), ("text", 3), ("text", 4)]
+    assert game.modality_of_player.tolist() == [0] * 4 + [1] * 9
+    coalitions = random_coalitions(game.n_players, 24)
+    values = game(coalitions)
+    assert values.shape == (24,) and values.dtype == torch.float32
+    assert game.evaluations == 24
+    reference = torch.stack([reference_value(model, features, mask, game, c, fill) for c in coalitions])
+    torch.testing.assert_close(values, reference, atol=1e-5, rtol=1e-4)
+    assert values[0].item() == pytest.approx(game.value_full, abs=1e-6)
+    assert values[1].item() == pytest.approx(game.value_empty, abs=1e-6)
+
+
+def test_full_coalition_is_the_models_own_target_logit(model, example):
+    features, mask, player_mask = example
+    with torch.no_grad():
+        out = model(features=features, attention_mask=mask)
+    for head in ["mixture"] + model.config.expert_names:
+        game = FeatureGame(model, features, mask, player_mask, head=head)
+        logits = out.logits[0] if head == "mixture" else out.expert_logits[0, model.config.expert_names.index(head)]
+        assert game.target == [int(logits.argmax())]
+        assert game.value_full == pytest.approx(float(logits.max()), abs=1e-5)
+        assert game(game.grand_coalition).item() == pytest.approx(float(logits.max()), abs=1e-5)
+    prob = FeatureGame(model, features, mask, head="mixture", output="probability")
+    assert prob.value_full == pytest.approx(float(out.logits[0].softmax(-1).max()), abs=1e-6)
+    fixed = FeatureGame(model, features, mask, target=1)
+    assert fixed.target == [1] and fixed.value_full == pytest.approx(float(out.logits[0, 1]), abs=1e-5)
+
+
+def test_chunking_does_not_change_values(model, example):
+    features, mask, player_mask = example
+    coalitions = random_coalitions(13, 40, seed=3)
+    whole = FeatureGame(model, features, mask, player_mask, chunk_size=512)(coalitions)
+    chunked_game = FeatureGame(model, features, mask, player_mask, chunk_size=7)
+    chunked = chunked_game(coalitions)
+    torch.testing.assert_close(whole, chunked, atol=1e-6, rtol=1e-5)
+    assert chunked_game.evaluations == 40
+    as_numpy = chunked_game(coalitions.numpy())
+    torch.testing.assert_close(as_numpy, chunked)
+    assert chunked_game.evaluations == 80
+    assert chunked_game(torch.zeros(0, 13, dtype=torch.bool)).shape == (0,)
+
+
+def test_remove_mode_masks_tokens(model, example):
+    features, mask, player_mask = example
+    game = FeatureGame(model, features, mask, player_mask, fill="remove")
+    # removing a player changes the value; it equals running the model without that token
+    c = torch.ones(1, game.n_players, dtype=torch.bool)
+    c[0, 2] = False
+    masks = {n: m.clone().bool() for n, m in mask.items()}
+    masks["text"][0, 3] = False
+    with torch.no_grad():
+        expected = model.head_logits(features, masks)[0, game.target[0]]
+    assert game(c).item() == pytest.approx(float(expected), abs=1e-5)
+    # an empty coalition (every player removed) is finite
+    assert np.isfinite(game.value_empty)
+
+
+def test_groups(model, example):
+    features, mask, player_mask = example
+    cells = patch_cell_groups((3, 3), (2, 2))
+    assert cells == [[0, 1, 3, 4], [2, 5], [6, 7], [8]]
+    assert patch_cell_groups((2, 2), (1, 2), offset=1) == [[1, 2], [3, 4]]
+    assert word_groups([None, 0, 0, 1, None, 2, 2]) == [[1, 2], [3], [5, 6]]
+    words = word_groups([None, 0, 0, 1, 2, None, None])
+    game = FeatureGame(model, features, mask, player_mask, groups={"text": words, "image": cells})
+    assert game.n_players == 3 + 4
+    assert game.player_positions == [[1, 2], [3], [4], [0, 1, 3, 4], [2, 5], [6, 7], [8]]
+    assert game.players[3] == ("image", 0)
+    flat = FeatureGame(model, features, mask, player_mask)
+    coalitions = random_coalitions(game.n_players, 12, seed=5)
+    # the same coalitions on the ungrouped game: every member follows its group
+    group_of = {(game.players[g][0], pos): g for g, members in enumerate(game.player_positions) for pos in members}
+    column = torch.tensor([group_of[player] for player in flat.players])
+    expanded = coalitions[:, column]
+    torch.testing.assert_close(game(coalitions), flat(expanded), atol=1e-6, rtol=1e-5)
+    # the same grouping by ungrouped player indices (text players 0..3, image players 4..12)
+    by_index = FeatureGame(model, features, mask, player_mask, groups=[[0, 1], [4, 5, 7, 8], [6, 9], [10, 11]])
+    assert by_index.player_positions == [[1, 2], [3], [4], [0, 1, 3, 4], [2, 5], [6, 7], [8]]
+    # maps: player scores sum the members, token maps spread back
+    token_map = {"text": torch.arange(7.0), "image": torch.ones(9)}
+    assert game.player_scores(token_map).tolist() == [3.0, 3.0, 4.0, 4.0, 2.0, 2.0, 1.0]
+    spread = game.token_map(torch.arange(7.0))
+    assert spread["text"].tolist() == [0, 0, 0, 1, 2, 0, 0]
+    assert spread["image"].tolist() == [3, 3, 4, 3, 3, 4, 5, 5, 6]
+
+
+def test_multilabel_target_and_dense_model(example):
+    features, mask, player_mask = example
+    model = make_model(problem_type="multi_label_classification", num_labels=4)
+    with torch.no_grad():
+        logits = model.head_logits(features, mask)[0]
+    game = FeatureGame(model, features, mask, player_mask)
+    positive = (logits > 0).nonzero().flatten().tolist()
+    assert game.target == (positive or [int(logits.argmax())])
+    assert game.value_full == pytest.approx(float(logits[game.target].mean()), abs=1e-5)
+    assert select_target(torch.tensor([-1.0, -0.5, -2.0]), "multi_label_classification") == [1]
+    assert select_target(torch.tensor([1.0, -0.5, 2.0]), "multi_label_classification") == [0, 2]
+    prob = FeatureGame(model, features, mask, player_mask, output="probability")
+    assert prob.value_full == pytest.approx(float(torch.sigmoid(logits[game.target]).mean()), abs=1e-6)
+
+    dense = make_model(mixture="dense")
+    for head in ("mixture", "dense"):
+        game = FeatureGame(dense, features, mask, player_mask, head=head)
+        with torch.no_grad():
+            expected = dense(features=features, attention_mask=mask).logits[0].max()
+        assert game.value_full == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_autocast_bf16_is_close(model, example):
+    features, mask, player_mask = example
+    coalitions = random_coalitions(13, 8, seed=2)
+    fp32 = FeatureGame(model, features, mask, player_mask)(coalitions)
+    bf16 = FeatureGame(model, features, mask, player_mask, autocast_dtype=torch.bfloat16)(coalitions)
+    assert bf16.dtype == torch.float32
+    torch.testing.assert_close(bf16, fp32, atol=0.05, rtol=0.05)
+
+
+def test_errors(model, example):
+    features, mask, player_mask = example
+    game = FeatureGame(model, features, mask, player_mask)
+    with pytest.raises(TypeError, match="BoolTensor"):
+        game(torch.ones(2, game.n_players))
+    with pytest.raises(TypeError, match="boolean"):
+        game(np.ones((2, game.n_players), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"\(k, n_players\)"):
+        game(torch.ones(2, game.n_players + 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="coalition\\[None\\]"):
+        game(torch.ones(game.n_players, dtype=torch.bool))
+    assert game.evaluations == 0
+    batch = {n: x.expand(2, -1, -1) for n, x in features.items()}
+    with pytest.raises(ValueError, match="batch size 2"):
+        FeatureGame(model, batch)
+    with pytest.raises(ValueError, match="no players"):
+        FeatureGame(model, features, mask, player_mask={"text": torch.zeros(7), "image": torch.zeros(9)})
+    with pytest.raises(ValueError, match="unknown head"):
+        FeatureGame(model, features, mask, head="nope")
+    with pytest.raises(ValueError, match="fill"):
+        FeatureGame(model, features, mask, fill="zero")
+    with pytest.raises(ValueError, match="output"):
+        FeatureGame(model, features, mask, output="prob")
+    with pytest.raises(ValueError, match="target"):
+        FeatureGame(model, features, mask, target=7)
+    with pytest.raises(ValueError, match="overlap"):
+        FeatureGame(model, features, mask, groups={"image": [[0, 1], [1, 2]]})
+    with pytest.raises(ValueError, match="one modality"):
+        FeatureGame(model, features, mask, player_mask, groups=[[0, 5]])
+    with pytest.raises(ValueError, match="player index"):
+        FeatureGame(model, features, mask, player_mask, groups=[[99]])
+    with pytest.raises(ValueError, match="player_mask\\['text'\\] has 3 entries"):
+        FeatureGame(model, features, mask, player_mask={"text": torch.ones(3)})
+
+
+def test_check_random_state():
+    a = check_random_state(3).integers(0, 1000, 5)
+    assert (a == check_random_state(3).integers(0, 1000, 5)).all()
+    g = np.random.default_rng(0)
+    assert check_random_state(g) is g
+    t1 = check_random_state(torch.Generator().manual_seed(4)).integers(0, 1000, 5)
+    t2 = check_random_state(torch.Generator().manual_seed(4)).integers(0, 1000, 5)
+    assert (t1 == t2).all()
+    with pytest.raises(TypeError, match="random_state"):
+        check_random_state("seed")
