@@ -1,0 +1,146 @@
+"""The Gradio Space: the /explain API through gradio_client, and a real headless Chromium session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from modeling_fli2moe import FLI2MoEModel
+from modeling_fli2moe.data import make_planted
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small untrained FL-I2MoE over the real offline encoders (the app only needs a valid checkpoint)."""
+    from modeling_fli2moe.training import load_run_config
+
+    cfg = load_run_config(ROOT / "hub_configs" / "planted.json", ["hidden_size=16", "router_hidden_size=16"])
+    torch.manual_seed(0)
+    model = FLI2MoEModel(cfg)
+    model.set_modality_means({"text": torch.randn(384) * 0.1, "image": torch.rand(1280)})
+    path = tmp_path_factory.mktemp("space") / "ckpt"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def planted_example(tmp_path_factory):
+    ds = make_planted(n_per_kind=10, random_state=5)["test"]
+    row = next(r for r in ds if r["kind"] == "synergy")
+    path = tmp_path_factory.mktemp("img") / "example.png"
+    row["image"].save(path)
+    return path, row["text"], row
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    port = _free_port()
+    env = dict(os.environ, FLI2MOE_CHECKPOINT=str(checkpoint), GRADIO_SERVER_PORT=str(port),
+               GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "spaces_app" / "app.py")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited: {proc.stdout.read()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("the app did not start within 180 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_api_explain_returns_a_consistent_explanation(server, planted_example):
+    from gradio_client import Client, handle_file
+
+    path, caption, row = planted_example
+    client = Client(server, verbose=False)
+    result = client.predict(handle_file(str(path)), caption, 512, 4, 0, api_name="/explain")
+    label, download = result[0], result[-3]
+    assert label["label"] in ("negative", "positive")
+    exp = json.loads(Path(download).read_text())
+    assert exp["label"] == label["label"]
+    assert set(exp["maps"]) == {"mixture", "uniqueness_text", "uniqueness_image", "synergy", "redundancy"}
+    assert exp["evaluations"] <= 512
+    # the pairs are cross-modal, between caption tokens and image regions of this example
+    tokens = exp["tokens"]["text"]
+    assert row["evidence_word"] in " ".join(tokens)
+    for p in exp["synergy_pairs"] + exp["redundancy_pairs"]:
+        assert {p["modality_a"], p["modality_b"]} == {"text", "image"}
+        assert 0 <= p["position_b"] < 49
+    assert abs(sum(exp["routing_weights"].values()) - 1) < 1e-4
+
+
+def test_api_bad_input_is_a_message_not_a_traceback(server, planted_example, tmp_path):
+    from gradio_client import Client, handle_file
+
+    path, caption, _ = planted_example
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception, match="type a caption"):
+        client.predict(handle_file(str(path)), "   ", 256, 2, 0, api_name="/explain")
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is not an image")
+    with pytest.raises(Exception, match="not an image"):
+        client.predict(handle_file(str(not_image)), caption, 256, 2, 0, api_name="/explain")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)")
+def test_browser_upload_type_click_and_see_results(server, planted_example, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    path, caption, _ = planted_example
+    shots = ROOT / "outputs" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(server, wait_until="networkidle")
+        page.locator("#input-image input[type=file]").set_input_files(str(path))
+        page.locator("#caption textarea").fill(caption)
+        page.locator("#explain-button").click()
+        try:
+            page.locator("#heatmaps img").first.wait_for(timeout=240_000)
+            assert page.locator("#heatmaps img").count() >= 5  # mixture + four experts
+            page.screenshot(path=str(shots / "space-tokens.png"), full_page=True)
+            page.get_by_role("tab", name="Interacting pairs").click()
+            page.locator("#pairs-table").get_by_text("synergy").first.wait_for(timeout=30_000)
+            assert page.locator("#pairs-table").get_by_text("redundancy").count() >= 1
+            assert "Traceback" not in page.content()
+        finally:
+            page.screenshot(path=str(shots / "space.png"), full_page=True)
+        shutil.copy(shots / "space.png", tmp_path / "space.png")
+        browser.close()
+    assert (shots / "space.png").stat().st_size > 10_000
