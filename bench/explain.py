@@ -26,7 +26,15 @@ sys.path.insert(0, str(ROOT))
 
 from modeling_fli2moe import FLI2MoEModel  # noqa: E402
 from modeling_fli2moe.explain import Explainer, FeatureGame  # noqa: E402
-from modeling_fli2moe.testing.models import tiny_config  # noqa: E402
+
+
+def tiny_config(dims, hidden_size, router_hidden_size, num_labels):
+    """A benchmark config (no dropout); built here so that the benchmark needs no `datasets`."""
+    from modeling_fli2moe import FLI2MoEConfig
+
+    return FLI2MoEConfig(modalities=[{"name": "text", "input_dim": dims[0]}, {"name": "image", "input_dim": dims[1]}],
+                         hidden_size=hidden_size, router_hidden_size=router_hidden_size, num_labels=num_labels,
+                         dropout=0.0)
 
 
 def timed(fn, repeats: int = 2) -> float:

@@ -23,14 +23,14 @@ def _layer_norm(stacked, e: int, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], stacked.weight[e], stacked.bias[e], eps=stacked.eps)
 
 
-def _positions(length: int, dim: int) -> torch.Tensor:
+def _positions(length: int, dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Sinusoidal codes, counted inside one modality: sin on even, cos on odd channels."""
     pos = torch.arange(length, dtype=torch.float32)[:, None]
     freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
     pe = torch.zeros(length, dim)
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq)
-    return pe
+    return pe.to(device)
 
 
 def _dropout(model: FLI2MoEModel, x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +44,7 @@ def run_expert(model: FLI2MoEModel, e: int, projected: dict, masks: dict) -> tup
     parts, segments, start = [], [], 0
     for i, n in enumerate(names):
         p = projected[n]
-        parts.append(p + _positions(p.shape[1], p.shape[2]) + model.modality_embeddings.weight[i])
+        parts.append(p + _positions(p.shape[1], p.shape[2], p.device) + model.modality_embeddings.weight[i])
         segments.append((start, start + p.shape[1]))
         start += p.shape[1]
     x = torch.cat(parts, dim=1)
@@ -82,7 +82,7 @@ def sequential_forward(model: FLI2MoEModel, features: dict, masks: dict, labels=
     masks = {n: masks[n].bool() for n in names}
     projected = {n: model.projections[n](features[n]) for n in names}
     if model.router is None:
-        weights = torch.ones(features[names[0]].shape[0], 1)
+        weights = torch.ones(features[names[0]].shape[0], 1, device=features[names[0]].device)
     else:
         pooled = []
         for n in names:
@@ -108,7 +108,7 @@ def sequential_forward(model: FLI2MoEModel, features: dict, masks: dict, labels=
     knocked = {}  # knocked[j][e] = (logits, latent) of expert e with modality j replaced
     for j in names:
         if cfg.replacement == "noise":
-            fill = torch.randn(projected[j].shape, generator=generator)
+            fill = torch.randn(projected[j].shape, generator=generator, device=projected[j].device)
         elif cfg.replacement == "zero":
             fill = torch.zeros_like(projected[j])
         else:

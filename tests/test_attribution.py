@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from modeling_fli2moe import FLI2MoEModel
-from modeling_fli2moe.explain.attribution import ATTRIBUTION_METHODS, AttributionMaps, attribute, rollout
+from modeling_fli2moe.explain.attribution import (
+    ATTRIBUTION_METHODS,
+    AttributionMaps,
+    attribute,
+    rollout,
+)
 from modeling_fli2moe.testing.models import random_inputs, tiny_config
 
 PLANTED_TEXT, PLANTED_IMAGE, PLANTED_POSITION = 6, 8, 2
@@ -37,7 +42,7 @@ def planted_batch(n: int, generator: torch.Generator) -> tuple[dict[str, torch.T
     return features, labels
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def planted_model(mixture: str = "interaction", steps: int = 60) -> FLI2MoEModel:
     """A tiny model trained (task loss only, fixed seeds, one thread) on `planted_batch`; cached."""
     before = torch.get_num_threads()
@@ -75,16 +80,13 @@ def top_token(maps: AttributionMaps, head: str) -> tuple[str, int]:
 
 # where each method is reliable on these tiny planted models (checked on more examples than tested):
 # IG on both; gradient x input on the interaction mixture (on the dense model it saturates: LayerNorm
-# flattens the gradient along the planted token's large feature); rollout on the dense model (on the
-# saturated interaction mixture, p ~ 1, its margins are ~1e-4 of the identity and the top token varies)
+# flattens the gradient along the planted token's large feature). Rollout is not reliable here: the
+# evidence reaches the pooled latent through the token's own residual stream, which the "+ I" of every
+# layer credits to all tokens alike, so its maps stay within ~1e-3 of uniform; it is checked against
+# a per-expert reference and a hand-made case below instead.
 @pytest.mark.parametrize(
     "mixture, method",
-    [
-        ("interaction", "integrated_gradients"),
-        ("interaction", "gradient_x_input"),
-        ("dense", "integrated_gradients"),
-        ("dense", "attn_rollout_grad"),
-    ],
+    [("interaction", "integrated_gradients"), ("interaction", "gradient_x_input"), ("dense", "integrated_gradients")],
 )
 def test_planted_token_is_top(mixture, method):
     model = planted_model(mixture)
@@ -143,6 +145,27 @@ def test_gradient_x_input_matches_a_per_head_backward():
         for (n, x), g in zip(features.items(), grads):
             expected = ((g * (x - means[n]))[0].sum(-1).abs()) * mask[n][0]
             torch.testing.assert_close(maps[head][n], expected, atol=1e-6, rtol=1e-4)
+
+
+def test_rollout_matches_a_per_expert_reference():
+    """One shared backward for all experts equals one backward per expert, rolled out in a plain loop."""
+    model = planted_model("interaction")
+    example = planted_examples(1)[0]
+    maps = attribute(model, example, heads=model.config.expert_names)
+    out = model(features=example, output_attentions=True)
+    lengths = [example[n].shape[1] for n in model.modality_names]
+    for e, head in enumerate(model.config.expert_names):
+        logit = out.expert_logits[0, e, maps.targets[head][0]]
+        grads = torch.autograd.grad(logit, out.attentions, retain_graph=True)
+        t = sum(lengths)
+        relevance = torch.eye(t)
+        for a, g in zip(out.attentions, grads):
+            layer = (a[e, 0].clamp_min(0) * g[e, 0].clamp_min(0)).mean(0) + torch.eye(t)
+            layer = layer / layer.sum(-1, keepdim=True)
+            relevance = layer @ relevance
+        expected = relevance.mean(0).split(lengths)
+        for n, values in zip(model.modality_names, expected):
+            torch.testing.assert_close(maps[head][n], values.detach(), atol=1e-6, rtol=1e-5)
 
 
 def test_mixture_rollout_is_the_router_weighted_sum_of_expert_rollouts():

@@ -17,7 +17,11 @@ from modeling_fli2moe.explain.faithfulness import (
     top_k_count,
 )
 from modeling_fli2moe.explain.game import FeatureGame
-from modeling_fli2moe.explain.pair_masking import PairMaskingResult, pair_masking, paired_test
+from modeling_fli2moe.explain.pair_masking import (
+    PairMaskingResult,
+    pair_masking,
+    paired_test,
+)
 
 from .test_attribution import PLANTED_POSITION, planted_examples, planted_model
 

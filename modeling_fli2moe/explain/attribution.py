@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .game import eval_mode, resolve_head, resolve_player_mask, select_target, target_values
+from .game import check_target, eval_mode, resolve_head, resolve_player_mask, select_target, target_values
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class AttributionMaps:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "AttributionMaps":
+    def from_dict(cls, data: Mapping[str, Any]) -> AttributionMaps:
         return cls(
             method=data["method"],
             maps={h: {m: torch.tensor(v, dtype=torch.float32) for m, v in by_mod.items()} for h, by_mod in data["maps"].items()},
@@ -162,10 +162,7 @@ def attribute(
         if target is None:
             targets = {h: select_target(logits_by_head[h], problem_type) for h in head_names}
         else:
-            labels = [int(target)] if isinstance(target, int) else [int(t) for t in target]
-            num_labels = out.logits.shape[-1]
-            if not labels or any(not 0 <= t < num_labels for t in labels):
-                raise ValueError(f"target must be label indices in [0, {num_labels}), got {target!r}")
+            labels = check_target(target, out.logits.shape[-1])
             targets = {h: labels for h in head_names}
         weights = out.expert_weights[0].float()
 

@@ -49,7 +49,7 @@ DEFAULT_K_PERCENTS: tuple[float, ...] = (5, 10, 15, 20, 25)
 
 def top_k_count(k_percent: float, n: int) -> int:
     """Players in the top-K% of `n`: `ceil(K n / 100)`, at least 1, at most n."""
-    return min(max(int(math.ceil(k_percent * n / 100.0 - 1e-9)), 1), n)
+    return min(max(math.ceil(k_percent * n / 100.0 - 1e-9), 1), n)
 
 
 def _ranking(scores: torch.Tensor) -> torch.Tensor:
@@ -96,7 +96,7 @@ class FaithfulnessResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FaithfulnessResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> FaithfulnessResult:
         data = dict(data)
         data["per_modality"] = {m: FaithfulnessCurve(**c) for m, c in data.get("per_modality", {}).items()}
         return cls(**data)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -26,10 +25,12 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FeatureGame",
     "FILLS",
     "OUTPUTS",
+    "FeatureGame",
+    "RandomState",
     "check_random_state",
+    "check_target",
     "eval_mode",
     "patch_cell_groups",
     "resolve_head",
@@ -96,7 +97,8 @@ def select_target(logits: torch.Tensor, problem_type: str | None) -> list[int]:
     return [int(logits.argmax())]
 
 
-def _check_target(target: int | Sequence[int], num_labels: int) -> list[int]:
+def check_target(target: int | Sequence[int], num_labels: int) -> list[int]:
+    """A label index or a list of them, checked against `num_labels`, as a list."""
     labels = [int(target)] if isinstance(target, (int, np.integer)) else [int(t) for t in target]
     if not labels or any(not 0 <= t < num_labels for t in labels):
         raise ValueError(
@@ -277,7 +279,7 @@ class FeatureGame:
         self.full_logits = full_logits.float().cpu()
         num_labels = full_logits.shape[-1]
         self.target = (
-            select_target(full_logits, self.problem_type) if target is None else _check_target(target, num_labels)
+            select_target(full_logits, self.problem_type) if target is None else check_target(target, num_labels)
         )
         self.value_full = float(target_values(full_logits[None], self.target, output, self.problem_type)[0])
         empty_logits = self._logits(torch.zeros(1, self.n_players, dtype=torch.bool, device=device))

@@ -78,7 +78,7 @@ class PairMaskingResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PairMaskingResult":
+    def from_dict(cls, data: dict[str, Any]) -> PairMaskingResult:
         data = dict(data)
         data["steps"] = [PairMaskingStep(**s) for s in data.get("steps", [])]
         return cls(**data)
