@@ -93,6 +93,7 @@ def _explain(args: argparse.Namespace) -> int:
         random_state=args.seed,
         dense_checkpoint=args.dense_checkpoint,
         data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
     )
     if report is not None:
         print(f"report: {report}")
@@ -137,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--limit", type=int, default=None)
     explain.add_argument("--data-dir", default=None)
     explain.add_argument("--output-dir", default=None)
-    explain.add_argument("--budget", type=int, default=2048)
+    explain.add_argument("--cache-dir", default=None)
+    explain.add_argument("--budget", type=int, default=1024)
     explain.add_argument("--seed", type=int, default=0)
     explain.set_defaults(func=_explain)
     return parser
