@@ -47,6 +47,12 @@ def timed(fn, repeats: int = 2) -> float:
     return best
 
 
+def has_fast_bf16(device: str) -> bool:
+    if device == "cuda":
+        return True
+    return os.path.exists("/proc/cpuinfo") and "amx_bf16" in open("/proc/cpuinfo").read()
+
+
 def throughput(model, t_text: int, t_image: int, batch: int, device: str) -> None:
     g = torch.Generator().manual_seed(0)
     cfg = model.config
@@ -54,7 +60,8 @@ def throughput(model, t_text: int, t_image: int, batch: int, device: str) -> Non
              for m, t in zip(cfg.modalities, (t_text, t_image))}
     coalitions = (torch.rand(batch, t_text + t_image, generator=g) < 0.5).to(device)
     rows = {}
-    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+    precisions = [("fp32", None)] + ([("bf16", torch.bfloat16)] if has_fast_bf16(device) else [])
+    for precision, dtype in precisions:
         game = FeatureGame(model, feats, head="mixture", chunk_size=batch, autocast_dtype=dtype)
         expert = FeatureGame(model, feats, head="synergy" if cfg.mixture == "interaction" else 0, chunk_size=batch,
                              autocast_dtype=dtype)
@@ -67,12 +74,15 @@ def throughput(model, t_text: int, t_image: int, batch: int, device: str) -> Non
         rows[precision] = (timed(lambda: game(coalitions)), timed(raw), timed(lambda: expert(coalitions)))
     single = timed(lambda: [game(coalitions[i : i + 1]) for i in range(16)], repeats=1) / 16 * batch
     fp_game, fp_raw, fp_expert = rows["fp32"]
-    bf_game, bf_raw, bf_expert = rows["bf16"]
     print(f"  {t_text}+{t_image} tokens, H={cfg.hidden_size}, batch {batch}, {cfg.num_experts} experts:")
     print(f"    game fp32 {batch / fp_game:8.1f} coalitions/s; raw forward {batch / fp_raw:8.1f}/s -> ratio {fp_raw / fp_game:.2f}x")
     print(f"    one at a time {batch / single:8.1f}/s -> batched game is {single / fp_game:.1f}x faster")
     print(f"    single expert fp32 {batch / fp_expert:8.1f}/s ({fp_game / fp_expert:.1f}x cheaper than the mixture)")
-    print(f"    game bf16 {batch / bf_game:8.1f}/s (bf16/fp32 speed {fp_game / bf_game:.2f}x); raw bf16 {batch / bf_raw:.1f}/s")
+    if "bf16" in rows:
+        bf_game, bf_raw, _ = rows["bf16"]
+        print(f"    game bf16 {batch / bf_game:8.1f}/s (bf16/fp32 speed {fp_game / bf_game:.2f}x); raw bf16 {batch / bf_raw:.1f}/s")
+    else:
+        print("    bf16 skipped: this CPU has no AMX, where bf16 matmuls are emulated (many times slower)")
 
 
 def main() -> None:
