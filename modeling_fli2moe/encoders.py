@@ -121,6 +121,17 @@ def _resolve_name(name_or_path: str) -> str:
     return expanded if os.path.isdir(expanded) else name_or_path
 
 
+def _hf_source(spec: Mapping[str, Any], kind: str) -> tuple[str, str, dict[str, Any]]:
+    """The name, resolved path and `from_pretrained` keyword arguments of an hf-* encoder spec."""
+    name = spec.get("name_or_path")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{kind} encoder spec needs a 'name_or_path' string, got {spec!r}")
+    kw: dict[str, Any] = {"local_files_only": spec.get("local_files_only", True)}
+    if spec.get("revision"):
+        kw["revision"] = spec["revision"]
+    return name, _resolve_name(name), kw
+
+
 def _looks_local(name_or_path: str) -> bool:
     return name_or_path.startswith(("/", ".", "~")) or os.sep + os.sep in name_or_path or name_or_path.count("/") > 1
 
@@ -358,13 +369,7 @@ class HFTextEncoder(FrozenEncoder):
     def __init__(self, spec: Mapping[str, Any], batch_size: int = 32) -> None:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        name = spec.get("name_or_path")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"hf-text encoder spec needs a 'name_or_path' string, got {spec!r}")
-        path = _resolve_name(name)
-        kw: dict[str, Any] = {"local_files_only": spec.get("local_files_only", True)}
-        if spec.get("revision"):
-            kw["revision"] = spec["revision"]
+        name, path, kw = _hf_source(spec, "hf-text")
         try:
             with _quiet_transformers():
                 hf_config = AutoConfig.from_pretrained(path, **kw)
@@ -465,13 +470,7 @@ class HFVisionEncoder(FrozenEncoder):
     def __init__(self, spec: Mapping[str, Any], batch_size: int = 32) -> None:
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-        name = spec.get("name_or_path")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"hf-vision encoder spec needs a 'name_or_path' string, got {spec!r}")
-        path = _resolve_name(name)
-        kw: dict[str, Any] = {"local_files_only": spec.get("local_files_only", True)}
-        if spec.get("revision"):
-            kw["revision"] = spec["revision"]
+        name, path, kw = _hf_source(spec, "hf-vision")
         try:
             with _quiet_transformers():
                 hf_config = AutoConfig.from_pretrained(path, **kw)

@@ -18,13 +18,7 @@ from modeling_fli2moe.testing.models import random_inputs, tiny_config
 PLANTED_TEXT, PLANTED_IMAGE, PLANTED_POSITION = 6, 8, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted_batch(n: int, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

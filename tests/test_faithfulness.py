@@ -26,13 +26,7 @@ from modeling_fli2moe.explain.pair_masking import (
 from .test_attribution import PLANTED_POSITION, planted_examples, planted_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class CountingGame:

@@ -15,13 +15,7 @@ from modeling_fli2moe.explain.game import (
 from modeling_fli2moe.testing.models import tiny_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(**overrides) -> FLI2MoEModel:
