@@ -291,7 +291,8 @@ def test_approximator_class_and_adaptors():
     game = MLPGame(n, random_state=2)
     approximator = PairInteractionApproximator(500, random_state=0)
     result = approximator.approximate(game, n, [(0, 4)])
-    assert "PairInteractionApproximator" in repr(approximator) and len(result) == 1
+    assert repr(approximator) == "PairInteractionApproximator(budget=500, batch_size=1024, antithetic=True, border=True)"
+    assert len(result) == 1 and result.evaluations <= 500
     shapiq_game = to_shapiq_game(game, n)
     assert isinstance(shapiq_game, shapiq.Game)
     back = torch_value_fn(shapiq_game)

@@ -54,7 +54,6 @@ class Explanation:
     expert_pairs: dict[str, dict[str, list[InteractionPair]]] = field(default_factory=dict)
     faithfulness: dict[str, Any] = field(default_factory=dict)
     pair_masking: dict[str, Any] = field(default_factory=dict)
-    concentration: dict[str, Any] = field(default_factory=dict)
     budget: int = 0
     evaluations: int = 0
     seconds: float = 0.0

@@ -432,7 +432,3 @@ class FeatureGame:
     def grand_coalition(self) -> torch.Tensor:
         return torch.ones(1, self.n_players, dtype=torch.bool)
 
-    @property
-    def empty_coalition(self) -> torch.Tensor:
-        return torch.zeros(1, self.n_players, dtype=torch.bool)
-
