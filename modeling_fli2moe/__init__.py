@@ -4,14 +4,10 @@ Importing the package registers the model with transformers' Auto classes, so
 `AutoModel.from_pretrained(checkpoint)` works without `trust_remote_code` when it is installed.
 """
 
-import logging
-
 from transformers import AutoConfig, AutoModel
 
 from .configuration_fli2moe import FLI2MoEConfig
 from .modeling_fli2moe import FLI2MoEModel, FLI2MoEOutput, FLI2MoEPreTrainedModel
-
-logger = logging.getLogger(__name__)
 
 # remote code: save_pretrained copies configuration_fli2moe.py / modeling_fli2moe.py and writes config.auto_map
 FLI2MoEConfig.register_for_auto_class()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,13 +11,11 @@ import torch
 from .configuration_fli2moe import FLI2MoEConfig
 from .feature_cache import LABEL_COLUMNS, feature_columns
 
-logger = logging.getLogger(__name__)
-
 __all__ = ["FeatureCollator"]
 
 
 def _stack(values: Sequence[Any], dtype: Any = None) -> torch.Tensor:
-    """Stack rows with numpy (single-threaded: torch's threaded copies stall on a busy 2-core CPU)."""
+    """Stack rows with numpy (one single-threaded copy, outside torch's thread pool)."""
     arrays = [v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for v in values]
     out = np.stack(arrays)
     if dtype is not None and out.dtype != dtype:

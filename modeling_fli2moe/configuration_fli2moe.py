@@ -6,12 +6,9 @@ This file travels with checkpoints as remote code: it imports only the standard 
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Any
 
 from transformers import PreTrainedConfig
-
-logger = logging.getLogger(__name__)
 
 REPLACEMENT_MODES = ("noise", "zero", "mean")
 INTERACTION_SPACES = ("latent", "logits")

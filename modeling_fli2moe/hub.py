@@ -58,7 +58,7 @@ CITATIONS = """\
 }
 ```"""
 
-# Known datasets: a display name and one line about the data (SPEC section 5).
+# Known datasets: a display name and one line about the data.
 DATASETS = {
     "mmimdb": ("MM-IMDb", "movie posters and plot summaries, 23 genres, multi-label; official split "
                "15,552 / 2,608 / 7,799 (train / dev / test)"),

@@ -1,6 +1,6 @@
 """FL-I2MoE: a feature-level interaction-aware mixture-of-experts layer over frozen-encoder tokens.
 
-SPEC sections 2-3. The experts' weights carry a leading expert dimension so that all experts, and the
+The experts' weights carry a leading expert dimension so that all experts, and the
 clean and modality-knocked-out copies of a batch used by the interaction losses, run as a few large
 batched kernels instead of Python loops.
 
@@ -9,7 +9,6 @@ This file travels with checkpoints as remote code: it imports only torch and tra
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_fli2moe import FLI2MoEConfig
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,7 +129,7 @@ class ExpertBlock(nn.Module):
         self.qkv = StackedLinear(num_experts, h, 3 * h)
         self.attn_out = StackedLinear(num_experts, h, h)
         self.ffn_norm = StackedLayerNorm(num_experts, h)
-        # our choice (SPEC 2 "a feed-forward block applied to each modality's segment"): one FFN per modality
+        # the feed-forward block is applied to each modality's segment: one FFN per modality
         self.ffn_in = nn.ModuleList(
             StackedLinear(num_experts, h, config.ffn_multiplier * h) for _ in range(config.num_modalities)
         )
@@ -251,7 +248,7 @@ class FLI2MoEPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
         """Load a checkpoint; with `strict=True` (default) refuse one whose tensors do not match the config.
 
-        (The reference code loaded with `strict=False`, silently keeping random weights: SPEC 8.)
+        (Loading with `strict=False` would silently keep randomly initialised weights for missing tensors.)
         """
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
@@ -285,7 +282,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         self.modality_names = list(config.modality_names)
         self.projections = nn.ModuleDict({m["name"]: nn.Linear(m["input_dim"], h) for m in config.modalities})
         self.modality_embeddings = nn.Embedding(config.num_modalities, h)
-        # per-modality dataset-mean feature token (SPEC 6): the fill for "mean" replacement and for probes
+        # per-modality dataset-mean feature token: the fill for "mean" replacement and for the explanation probes
         self.modality_means = nn.Module()
         for m in config.modalities:
             self.modality_means.register_buffer(m["name"], torch.zeros(m["input_dim"]))
@@ -420,7 +417,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
     def replacement_fill(
         self, name: str, like: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """The projected tokens that replace modality `name` in the interaction losses (SPEC 3)."""
+        """The projected tokens that replace modality `name` in the interaction losses (`config.replacement`)."""
         mode = self.config.replacement
         if mode == "noise":
             return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
@@ -465,7 +462,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         return F.mse_loss(logits.float().view(b, -1).squeeze(-1), labels.float().view(b, -1).squeeze(-1))
 
     def interaction_losses(self, clean: torch.Tensor, knocked_out: torch.Tensor) -> torch.Tensor:
-        """Per-expert interaction losses `(E,)` (SPEC 3).
+        """Per-expert interaction losses `(E,)`.
 
         `clean (E, B, D)`: each expert's clean latent (or logits); `knocked_out (E, M, B, D)`: the same with
         modality j replaced. Experts are ordered: uniqueness per modality, synergy, redundancy.

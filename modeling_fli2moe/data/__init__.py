@@ -6,7 +6,6 @@ with ``train``, ``validation`` and ``test``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from datasets import DatasetDict
@@ -33,8 +32,6 @@ from .planted import (
     planted_label,
     save_planted,
 )
-
-logger = logging.getLogger(__name__)
 
 #: Loader registry: ``LOADERS[name](root, **options) -> DatasetDict``. ``"planted"`` takes a
 #: folder written by :func:`save_planted`, or ``None`` to generate in memory.

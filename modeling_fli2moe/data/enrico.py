@@ -25,7 +25,7 @@ ENRICO_TOPICS: tuple[str, ...] = (
     "tutorial",
 )  # fmt: skip
 
-#: Screens whose wireframes are corrupt in the public release; always dropped (SPEC section 5).
+#: Screens whose wireframes are corrupt in the public release; always dropped.
 ENRICO_DROPPED_IDS: tuple[str, ...] = ("50105", "50109")
 
 _FIX = (

@@ -52,7 +52,7 @@ def _check_labels(labels: Any) -> list[int]:
 
 
 def mmhs150k_binary_label(labels: Sequence[int]) -> int:
-    """Binary hate label from the three annotator labels (our choice, SPEC section 5):
+    """Binary hate label from the three annotator labels (our choice):
     1 (hate) when at least two of the three labels are non-zero, else 0."""
     return int(sum(v != 0 for v in _check_labels(labels)) >= 2)
 

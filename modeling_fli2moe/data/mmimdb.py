@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["MMIMDB_GENRES", "load_mmimdb", "check_image", "read_json"]
 
-#: The 23 MM-IMDb genres in the fixed label order of the paper (SPEC section 5).
+#: The 23 MM-IMDb genres in the fixed label order of the paper.
 MMIMDB_GENRES: tuple[str, ...] = (
     "Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror",
     "Documentary", "Mystery", "Sci-Fi", "Fantasy", "Family", "Biography", "War", "History",

@@ -1,4 +1,4 @@
-"""Expert-wise token attribution maps for one example (SPEC 6 "Attribution, expert-wise").
+"""Expert-wise token attribution maps for one example.
 
 One map per expert (from that expert's own target logit) and one for the mixture, by
 
@@ -24,7 +24,6 @@ backward pass.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +31,6 @@ from typing import Any
 import torch
 
 from .game import check_target, eval_mode, resolve_head, resolve_player_mask, select_target, target_values
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["ATTRIBUTION_METHODS", "AttributionMaps", "attribute", "default_heads", "rollout"]
 

@@ -1,9 +1,9 @@
-"""`fli2moe explain`: dataset-level explanation report for a checkpoint (SPEC 6, issue 5 item 5).
+"""`fli2moe explain`: dataset-level explanation report for a checkpoint.
 
 For every example of a split: per-head attribution maps, top-K% faithfulness against random tokens,
 concentration and specificity, and pair masking by SII and by RG against random pairs. Examples are
 sharded across processes under `accelerate launch`; the main process gathers, aggregates (means,
-paired Wilcoxon tests) and writes `explain_report.json` and plots. With `dense_checkpoint` the dense
+paired Wilcoxon tests) and writes `explain_report.json`, `per_example.json` and `pair_masking.png`. With `dense_checkpoint` the dense
 baseline is evaluated on the same examples, side by side.
 """
 
@@ -185,7 +185,7 @@ def run_dataset_explanation(
 
 
 def _plot(report: dict[str, Any], out: Path) -> None:
-    """Pair masking (ranked vs random) and concentration per head, one picture each."""
+    """`pair_masking.png`: drop in target probability against pairs masked, ranked by SII and by RG vs random."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,8 +1,7 @@
-"""`Explainer(model).explain(...)`: one example, explained expert by expert and pair by pair (SPEC 6)."""
+"""`Explainer(model).explain(...)`: one example, explained expert by expert and pair by pair."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -14,8 +13,6 @@ from .attribution import attribute
 from .explanation import Explanation, InteractionPair, grid_shape
 from .game import FeatureGame
 from .shapley import shapley_interactions
-
-logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
 

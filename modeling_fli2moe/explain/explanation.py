@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

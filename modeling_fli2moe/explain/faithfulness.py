@@ -1,4 +1,4 @@
-"""Faithfulness of a token map by top-K% masking, and the concentration / specificity of maps (SPEC 6).
+"""Faithfulness of a token map by top-K% masking, and the concentration / specificity of maps.
 
 Faithfulness, per modality m and K in (5, 10, 15, 20, 25):
 
@@ -123,10 +123,10 @@ def faithfulness(
     random_state: RandomState = None,
     include_all: bool = True,
 ) -> FaithfulnessResult:
-    """Comprehensiveness, sufficiency and AOPC of a map against random tokens (SPEC 6), one batched game call.
+    """Comprehensiveness, sufficiency and AOPC of a map against random tokens, one batched game call.
 
     Args:
-        game: the example's `FeatureGame`; build it with `output="probability"` for p(x) as in SPEC 6.
+        game: the example's `FeatureGame`; build it with `output="probability"` so that p(x) is the target probability.
         token_map: `{modality: (T_m,)}` token importances (e.g. `AttributionMaps[head]`) or one score per
             player. Grouped players score the sum of their tokens.
         k_percents: the K values (percent of each modality's players).
@@ -329,7 +329,7 @@ def specificity(
     k_percent: float = 10.0,
     heads: Sequence[str] | None = None,
 ) -> SpecificityResult:
-    """Per-head mass share per modality and pairwise Jaccard overlap of top-K% sets (SPEC 6).
+    """Per-head mass share per modality and pairwise Jaccard overlap of top-K% sets.
 
     `maps`: an `AttributionMaps` (its player mask is used) or `{head: {modality: (T_m,)}}`.
     """

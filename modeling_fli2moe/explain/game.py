@@ -1,4 +1,4 @@
-"""The feature-level game of one example (SPEC 6): a value function over boolean coalitions of tokens.
+"""The feature-level game of one example: a value function over boolean coalitions of tokens.
 
 Players are the valid, non-special tokens of every modality (optionally grouped: word-pieces into
 words, patches into cells). A coalition is a boolean mask over players; an absent player's projected
@@ -191,7 +191,7 @@ def patch_cell_groups(
 
 # ------------------------------------------------------------------------------------------------ game
 class FeatureGame:
-    """Value function of one example over coalitions of its tokens (SPEC 6).
+    """Value function of one example over coalitions of its tokens.
 
     Args:
         model: an `FLI2MoEModel` (interaction mixture or dense baseline); evaluated in eval mode.

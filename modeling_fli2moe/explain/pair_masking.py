@@ -1,4 +1,4 @@
-"""Pair-level masking (SPEC 6): does masking the top-ranked cross-modal pairs hurt more than random pairs?
+"""Pair-level masking: does masking the top-ranked cross-modal pairs hurt more than random pairs?
 
 For one example: rank candidate pairs (player indices of the game) by a score (SII or RG), mask both
 tokens of the top B pairs (B in 1, 2, 4, 8) and measure the drop in the game's value (build the game with

@@ -1,15 +1,12 @@
-"""`InteractionResult`: pairwise Shapley interactions and redundancy gaps with standard errors (SPEC 6)."""
+"""`InteractionResult`: pairwise Shapley interactions and redundancy gaps with standard errors."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["InteractionResult"]
 

@@ -1,4 +1,4 @@
-"""Pairwise Shapley Interaction Index (SII) and redundancy gap (RG): shared-context Monte Carlo and exact (SPEC 6).
+"""Pairwise Shapley Interaction Index (SII) and redundancy gap (RG): shared-context Monte Carlo and exact.
 
 For a pair (i, j) and a context S in N \\ {i, j}:
 

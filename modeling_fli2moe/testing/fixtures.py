@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +25,6 @@ from PIL import Image
 from ..data.enrico import ENRICO_DROPPED_IDS, ENRICO_TOPICS, enrico_split_ids
 from ..data.mmhs150k import MMHS150K_CLASSES
 from ..data.mmimdb import MMIMDB_GENRES
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["DatasetFixture", "write_mmimdb_fixture", "write_enrico_fixture", "write_mmhs150k_fixture"]
 

@@ -2,12 +2,11 @@
 
 Every game is a value function: a bool tensor `(k, n_players)` (True = present) to float64 values
 `(k,)`, and counts the rows and calls it receives (`evaluations`, `calls`, `max_batch`). Games compute
-in numpy (small matrices are far faster there than in multi-threaded torch on a busy CPU).
+in numpy (small matrices are far faster there than in multi-threaded torch).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,8 +15,6 @@ import numpy as np
 import torch
 
 from modeling_fli2moe.explain.game import RandomState, check_random_state
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "CountingValueFn",
