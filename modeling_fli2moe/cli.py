@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
-
 
 def _train(args: argparse.Namespace) -> int:
     from .training import load_run_config, run_training
@@ -53,8 +51,11 @@ def _demo(args: argparse.Namespace) -> int:
     else:
         print(f"[1/3] planted benchmark already at {data_dir}")
     config_path = Path(__file__).resolve().parent.parent / "hub_configs" / "planted.json"
-    if not config_path.is_file():  # installed without the repo: the shipped copy
-        config_path = Path(__file__).resolve().parent / "hub_configs" / "planted.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} not found: `fli2moe demo` runs from a checkout of the repository (its hub_configs/); "
+            "elsewhere train with `fli2moe train --config <a run config>`"
+        )
     overrides = [f"training.seed={args.seed}", *args.overrides]
     print("[2/3] caching features with the offline encoders (MiniLM text, EfficientNet-Lite0 image), then training")
     config = load_run_config(config_path, overrides)

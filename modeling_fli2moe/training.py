@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +22,12 @@ from transformers import Trainer, TrainingArguments
 from .configuration_fli2moe import FLI2MoEConfig
 from .modeling_fli2moe import FLI2MoEModel
 
-logger = logging.getLogger(__name__)
-
 #: top-level keys of a hub config that are not FLI2MoEConfig.__init__ arguments but are accepted
 _CONFIG_EXTRA_KEYS = {
     "num_labels", "id2label", "label2id", "problem_type", "architectures", "auto_map", "model_type",
     "transformers_version", "dtype", "torch_dtype", "_name_or_path", "return_dict", "output_hidden_states",
 }
-#: defaults of the training section (SPEC 2); any TrainingArguments field may be given
+#: defaults of the training section (the paper's reference settings); any TrainingArguments field may be given
 TRAINING_DEFAULTS: dict[str, Any] = {
     "num_train_epochs": 40,
     "learning_rate": 1e-4,
@@ -44,7 +41,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "logging_steps": 10,
     "save_total_limit": 2,
 }
-SELECTION_METRICS = {"mmimdb": "macro_f1"}  # every other dataset: accuracy (SPEC 2)
+SELECTION_METRICS = {"mmimdb": "macro_f1"}  # every other dataset: accuracy
 
 
 def amx_available() -> bool:
@@ -245,7 +242,7 @@ def run_training(
         if root is not None and not Path(root).exists():
             raise FileNotFoundError(
                 f"data directory {root} does not exist. Pass --data-dir pointing at the extracted "
-                f"{loader_name} folder (see SPEC section 5 for its layout)."
+                f"{loader_name} folder (docs/datasets.md describes its layout)."
             )
         if root is None and loader_name != "planted":
             raise ValueError(f"no data directory for {loader_name}: pass --data-dir or set dataset.data_dir")
