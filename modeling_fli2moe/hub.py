@@ -145,6 +145,15 @@ def _clean_metrics(test_metrics: Mapping[str, Any] | None) -> dict[str, float | 
     return out
 
 
+def _example_value(modality: Mapping[str, Any], kind: str) -> str:
+    """The usage snippet's raw input for one modality (Python source)."""
+    if kind == "text":
+        return '"a short example text"'
+    if kind == "image":
+        return '"' + str(modality.get("name")) + '.png"'
+    return f"[[0.0] * {modality.get('input_dim')}]"
+
+
 def _fmt(value: Any, float_format: str) -> str:
     if isinstance(value, float):
         return "n/a" if not math.isfinite(value) else format(value, float_format)
@@ -314,7 +323,7 @@ def _card_body(
     label_line = (
         f"Labels ({len(labels)}): {', '.join(map(str, labels))}." if labels and len(labels) <= 40 else ""
     )
-    example = "{" + ", ".join(f'"{n}": ...' for n in names) + "}"
+    example = "{" + ", ".join(f'"{n}": {_example_value(m, kind)}' for n, m, kind in zip(names, modalities, kinds)) + "}"
     ds_name, ds_about = dataset
     hyper = {
         "interaction loss weight (lambda_int)": cfg.get("interaction_loss_weight"),
@@ -365,15 +374,19 @@ from modeling_fli2moe.processing_fli2moe import FLI2MoEProcessor
 
 model = AutoModel.from_pretrained("{repo}", trust_remote_code=True).eval()
 processor = FLI2MoEProcessor.from_pretrained("{repo}")  # rebuilds the frozen encoders
-inputs = processor({example})
+example = {example}  # one raw example per modality
+inputs = processor(example)
 out = model(**inputs.model_inputs())
 out.logits, out.expert_logits, out.expert_weights  # mixture logits, (B, E, C) per expert, (B, E) router weights
 
 # explain: expert-wise token attributions, synergistic and redundant cross-modal token pairs
 from modeling_fli2moe.explain import Explainer
-explanation = Explainer(model).explain(inputs)
+explanation = Explainer(model, processor).explain(example, random_state=0)
 print(explanation.summary())
 ```
+
+Text modalities take a string, image modalities an image path or a PIL image, precomputed-feature
+modalities a `(T, D)` array.
 
 Decision rule: {decision}.
 
