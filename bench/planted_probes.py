@@ -1,17 +1,30 @@
-"""Do the probes find what was planted? (issue 5 item 7) On a checkpoint trained on the planted benchmark:
+"""Do the explanations find what was planted? The Explainer at its defaults on a planted checkpoint.
 
-- SII ranks the planted synergistic (word, region) pair first in synergy examples (region within one cell = hit);
-- RG ranks the planted redundant pair first in redundancy examples;
-- masking the top pairs by SII / RG drops the target probability more than random pairs (paired Wilcoxon);
-- each uniqueness expert's attribution mass on its own modality.
+For the synergy and redundancy examples of the planted test split (and the uniqueness kinds for the
+experts' own-modality share), with `Explainer` at its shipped defaults unless a flag changes one:
 
-    .venv/bin/python bench/planted_probes.py --checkpoint outputs/planted/fl_i2moe --n 20 [--method integrated_gradients]
+- top-SII pair = the planted (word, region within one cell) pair, synergy examples;
+- top-RG pair = the planted pair, redundancy examples;
+- candidate recall: the planted word / region among the candidate players;
+- masking the top-1 pair by SII / by RG against random pairs (paired Wilcoxon over all examples);
+- own-modality attribution share of each uniqueness expert (all kinds, and its own kind);
+- the occlusion check: masking the planted pair drops p(target) by >= 0.1 (the model uses it), and
+  the hit rates restricted to the examples where it holds;
+- fidelity (with --reference-budget > 0): the default top SII / RG pair equals the top pair of a
+  reference run over *all* cross-modal pairs at a large budget;
+- seconds per example at the defaults, and the same for a dense checkpoint side by side
+  (concentration and specificity of its maps) with --dense.
+
+    .venv/bin/python bench/planted_probes.py --checkpoint outputs/planted/fl_i2moe --dense outputs/planted/dense --n 45
+    .venv/bin/python bench/planted_probes.py --candidates integrated_gradients --players tokens --output logit
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,64 +33,179 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+OCCLUSION_DROP = 0.1  # p(target) must fall by at least this much when the planted pair is masked
+
 
 def near(region: int, targets: list[int], grid: int = 7) -> bool:
     r, c = divmod(region, grid)
     return any(abs(r - tr) <= 1 and abs(c - tc) <= 1 for tr, tc in (divmod(t, grid) for t in targets))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=str(ROOT / "outputs" / "planted" / "fl_i2moe"))
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--n", type=int, default=20, help="examples per kind")
-    parser.add_argument("--budget", type=int, default=1024)
-    parser.add_argument("--method", default="attn_rollout_grad")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+def planted_players(game, row) -> tuple[list[int], list[int]]:
+    """Player indices holding the planted word's tokens and the planted region(s)."""
+    text = [p for p in game.players_of("text").tolist() if set(game.player_positions[p]) & set(row["text_positions"])]
+    image = [p for p in game.players_of("image").tolist() if set(game.player_positions[p]) & set(row["image_regions"])]
+    return text, image
 
+
+def is_hit(pair, row) -> bool:
+    t_pos, region = (pair.position_a, pair.position_b) if pair.modality_a == "text" else (pair.position_b, pair.position_a)
+    return t_pos in row["text_positions"] and near(region, row["image_regions"])
+
+
+def same_pair(pair, game, result, k: int) -> bool:
+    a, b = (int(x) for x in result.pairs[k])
+    got = {(game.players[a][0], game.players[a][1]), (game.players[b][0], game.players[b][1])}
+    return got == {(pair.modality_a, pair.position_a), (pair.modality_b, pair.position_b)}
+
+
+def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
     from transformers import AutoModel
 
     import modeling_fli2moe  # noqa: F401
-    from modeling_fli2moe.data import load_planted
-    from modeling_fli2moe.explain import Explainer, paired_test
+    from modeling_fli2moe.explain import Explainer, FeatureGame, concentration, paired_test, shapley_interactions
+    from modeling_fli2moe.explain.shapley import cross_modal_pairs
     from modeling_fli2moe.processing_fli2moe import FLI2MoEProcessor
 
-    ckpt = Path(args.checkpoint)
     model = AutoModel.from_pretrained(ckpt).eval()
-    explainer = Explainer(model, FLI2MoEProcessor.from_pretrained(ckpt), method=args.method)
-    test = load_planted(args.data_dir or ckpt.parent / "data")["test"]
+    processor = FLI2MoEProcessor.from_pretrained(ckpt)
+    options = {k: v for k, v in (("candidates", args.candidates), ("output", args.output), ("players", args.players),
+                                 ("method", args.method)) if v is not None}
+    explainer = Explainer(model, processor, **options)
+    call = {k: v for k, v in (("budget", args.budget), ("n_candidates", args.n_candidates)) if v is not None}
     hits = {"synergy": [], "redundancy": []}
+    hits_used = {"synergy": [], "redundancy": []}
+    fidelity = {"sii": [], "redundancy_gap": []}
+    recall = {"text": [], "image": []}
+    used = []
     drops = {"sii": ([], []), "redundancy_gap": ([], [])}
-    own_share = {"uniqueness_text": [], "uniqueness_image": []}
+    share = {"all": {}, "own kind": {}}
+    conc = {"entropy": [], "top_mass": []}
+    seconds, contexts = [], []
     for kind in ("synergy", "redundancy", "unique-text", "unique-image"):
-        rows = [r for r in test if r["kind"] == kind][: args.n]
-        for i, row in enumerate(rows):
-            exp = explainer.explain(inputs={"text": row["text"], "image": row["image"]}, budget=args.budget,
-                                    random_state=i, faithfulness=False, pair_masking=kind in ("synergy", "redundancy"))
+        for i, row in enumerate(rows_by_kind[kind]):
+            enc = processor({"text": row["text"], "image": row["image"]})
+            word_ids = enc["word_ids"]["text"][0]
+            from modeling_fli2moe.explain.game import word_groups
+
+            groups = {"text": word_groups(word_ids)} if explainer.players == "words" else None
+            inputs = dict(features=enc["features"], attention_mask=enc["attention_mask"],
+                          player_mask=enc["player_mask"], tokens={"text": enc["tokens"]["text"][0]}, groups=groups)
+            t0 = time.perf_counter()
+            exp = explainer.explain(**inputs, random_state=i, **call)
+            seconds.append(time.perf_counter() - t0)
+            contexts.append(exp.n_contexts)
+            by_head = {h: {m: torch.tensor(v) for m, v in exp.maps[h].items()} for h in exp.maps}
+            pm = {n: enc["player_mask"][n][0] for n in enc["player_mask"]}
+            c = concentration(by_head["mixture"], pm)
+            conc["entropy"].append(c.entropy["all"])
+            conc["top_mass"].append(c.top_mass["all"])
             for head, own in (("uniqueness_text", "text"), ("uniqueness_image", "image")):
-                mass = {m: float(np.sum(np.abs(exp.maps[head][m]))) for m in exp.maps[head]}
+                if head not in by_head:
+                    continue
+                mass = {m: float(by_head[head][m].abs().sum()) for m in by_head[head]}
                 total = sum(mass.values())
                 if total > 0:
-                    own_share[head].append(mass[own] / total)
+                    share["all"].setdefault(head, []).append(mass[own] / total)
+                    if kind == f"unique-{own}":
+                        share["own kind"].setdefault(head, []).append(mass[own] / total)
             if kind not in hits:
                 continue
+            game = FeatureGame(model, enc["features"], enc["attention_mask"], enc["player_mask"], head="mixture",
+                               output="probability", groups=groups)
+            text_p, image_p = planted_players(game, row)
+            cand = exp.candidate_players
+            recall["text"].append(any(p in row["text_positions"] for p in cand.get("text", [])))
+            recall["image"].append(any(near(p, row["image_regions"]) for p in cand.get("image", [])))
+            coalition = torch.ones(1, game.n_players, dtype=torch.bool)
+            coalition[0, text_p + image_p] = False
+            holds = bool(text_p and image_p) and game.value_full - float(game(coalition)[0]) >= OCCLUSION_DROP
+            used.append(holds)
             top = exp.synergy_pairs[0] if kind == "synergy" else exp.redundancy_pairs[0]
-            t_pos, region = (top.position_a, top.position_b) if top.modality_a == "text" else (top.position_b, top.position_a)
-            hits[kind].append(t_pos in row["text_positions"] and near(region, row["image_regions"]))
+            hits[kind].append(is_hit(top, row))
+            if holds:
+                hits_used[kind].append(is_hit(top, row))
             for key in drops:
-                steps = exp.pair_masking[key]["steps"]
+                steps = exp.pair_masking.get(key, {}).get("steps") or []
                 if steps:
                     drops[key][0].append(steps[0]["ranked_drop"])
                     drops[key][1].append(steps[0]["random_mean"])
-    print(f"checkpoint {ckpt}, {args.n} examples per kind, budget {args.budget}, maps {args.method}")
-    for kind, h in hits.items():
-        print(f"  top-{'SII' if kind == 'synergy' else 'RG'} pair is the planted pair: {np.mean(h):.2f} of {len(h)} {kind} examples")
+            if args.reference_budget:
+                ref_game = FeatureGame(model, enc["features"], enc["attention_mask"], enc["player_mask"],
+                                       head="mixture", output=explainer.output, groups=groups,
+                                       autocast_dtype=explainer.autocast_dtype)
+                ref = shapley_interactions(ref_game, ref_game.n_players, cross_modal_pairs(ref_game.modality_of_player),
+                                           args.reference_budget, random_state=10_000 + i, batch_size=512)
+                fidelity["sii"].append(same_pair(exp.synergy_pairs[0], ref_game, ref, int(np.argmax(ref.sii))))
+                fidelity["redundancy_gap"].append(
+                    same_pair(exp.redundancy_pairs[0], ref_game, ref, int(np.argmax(ref.redundancy_gap))))
+        print(f"  [{label}] {kind}: {len(rows_by_kind[kind])} examples done", flush=True)
+
+    def frac(x):
+        return f"{np.mean(x):.2f} (n={len(x)})" if x else "n/a"
+
+    report = {
+        "checkpoint": str(ckpt),
+        "explainer": {"method": explainer.method, "candidates": explainer.candidates, "output": explainer.output,
+                      "players": explainer.players, **call},
+        "feature_locality": explainer.feature_locality(),
+        "top-SII pair = planted, synergy": frac(hits["synergy"]),
+        "top-RG pair = planted, redundancy": frac(hits["redundancy"]),
+        "text candidate recall": frac(recall["text"]),
+        "image candidate recall": frac(recall["image"]),
+        "occlusion check holds": frac(used),
+        "top-SII hit where the check holds": frac(hits_used["synergy"]),
+        "top-RG hit where the check holds": frac(hits_used["redundancy"]),
+        "fidelity top-SII vs all-pairs reference": frac(fidelity["sii"]),
+        "fidelity top-RG vs all-pairs reference": frac(fidelity["redundancy_gap"]),
+        "own-modality share (all kinds)": {h: round(float(np.mean(v)), 3) for h, v in share["all"].items()},
+        "own-modality share (own kind)": {h: round(float(np.mean(v)), 3) for h, v in share["own kind"].items()},
+        "mixture map entropy / top-10% mass": (round(float(np.nanmean(conc["entropy"])), 3),
+                                               round(float(np.nanmean(conc["top_mass"])), 3)),
+        "seconds per example (median, max)": (round(float(np.median(seconds)), 2), round(float(np.max(seconds)), 2)),
+        "sampled contexts per pair (min)": int(min(contexts)) if contexts else 0,
+    }
     for key, (ranked, random) in drops.items():
-        test_ = paired_test(ranked, random) if len(ranked) > 1 else {}
-        print(f"  masking the top-1 pair by {key}: drop {np.mean(ranked):.4f} vs random {np.mean(random):.4f}; {test_}")
-    for head, shares in own_share.items():
-        print(f"  {head}: mean attribution share on its own modality {np.mean(shares):.2f} (n={len(shares)})")
+        test = paired_test(ranked, random) if len(ranked) > 1 else {}
+        report[f"masking top-1 by {key}"] = {"ranked": round(float(np.mean(ranked)), 4),
+                                             "random": round(float(np.mean(random)), 4), "n": len(ranked),
+                                             "p": test.get("p_value")}
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=str(ROOT / "outputs" / "planted" / "fl_i2moe"))
+    parser.add_argument("--dense", default=None, help="a dense checkpoint on the same data, side by side")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--n", type=int, default=40, help="examples per kind")
+    parser.add_argument("--budget", type=int, default=None, help="default: the Explainer's")
+    parser.add_argument("--n-candidates", type=int, default=None, help="default: the Explainer's")
+    parser.add_argument("--method", default=None)
+    parser.add_argument("--candidates", default=None)
+    parser.add_argument("--output", default=None)
+    parser.add_argument("--players", default=None)
+    parser.add_argument("--reference-budget", type=int, default=0, help="all-pairs reference budget (0 = skip)")
+    parser.add_argument("--json", default=None, help="also write the report here")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    from modeling_fli2moe.data import load_planted
+
+    ckpt = Path(args.checkpoint)
+    test = load_planted(args.data_dir or ckpt.parent / "data")["test"]
+    rows_by_kind = {k: [r for r in test if r["kind"] == k][: args.n]
+                    for k in ("synergy", "redundancy", "unique-text", "unique-image")}
+    reports = {"fl_i2moe": run(ckpt, rows_by_kind, args, "fl_i2moe")}
+    if args.dense:
+        dense_args = argparse.Namespace(**{**vars(args), "reference_budget": 0})
+        reports["dense"] = run(Path(args.dense), rows_by_kind, dense_args, "dense")
+    for name, report in reports.items():
+        print(f"== {name}")
+        for key, value in report.items():
+            print(f"  {key}: {value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports, indent=1, default=str))
 
 
 if __name__ == "__main__":

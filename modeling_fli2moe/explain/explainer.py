@@ -9,22 +9,37 @@ from typing import Any
 import numpy as np
 import torch
 
-from .attribution import attribute
+from ..encoders import feature_locality
+from .attribution import ATTRIBUTION_METHODS, attribute
 from .explanation import Explanation, InteractionPair, grid_shape
-from .game import FeatureGame
+from .game import OUTPUTS, FeatureGame, RandomState, check_random_state, eval_mode, word_groups
+from .occlusion import occlusion_effects
 from .shapley import shapley_interactions
 
 Progress = Callable[[float, str], None]
+PLAYER_KINDS = ("words", "tokens")
 
 
 class Explainer:
-    """Explains FL-I2MoE (or the dense baseline) predictions.
+    """Explains FL-I2MoE (or the dense baseline) predictions, one example at a time.
+
+    The pipeline: players (words and image regions by default), a game per head whose value is the
+    target's log-odds, candidate players per modality by their first-order occlusion effects, Monte
+    Carlo SII and redundancy gap of the cross-modal candidate pairs, attribution maps per head,
+    top-K% faithfulness and pair masking against random pairs.
 
     Args:
-        model: an `FLI2MoEModel`.
+        model: an `FLI2MoEModel`; explained in eval mode whatever mode it is in.
         processor: an `FLI2MoEProcessor`, needed only to explain raw inputs (strings, images).
-        method: attribution method (`attn_rollout_grad`, `integrated_gradients`, `gradient_x_input`).
-        autocast_dtype: evaluate coalitions under autocast (e.g. `torch.bfloat16` on CPUs with AMX or GPUs).
+        method: attribution method of the maps (`occlusion`, `attn_rollout_grad`, `integrated_gradients`,
+            `gradient_x_input`).
+        candidates: how candidate players are chosen: `occlusion` (the game's own first-order effects at
+            both ends, which finds synergistic and redundant tokens alike) or an attribution method name
+            (the mixture's map of that method).
+        output: the games' value: `log_odds` (shift-invariant for softmax heads), `logit` or `probability`.
+        players: `words` (word-pieces of one word form one player, from the processor's `word_ids`) or
+            `tokens` (every token is a player).
+        autocast_dtype: evaluate coalitions under autocast (e.g. `torch.bfloat16` where bf16 is native).
         chunk_size: coalitions per forward pass.
     """
 
@@ -32,24 +47,41 @@ class Explainer:
         self,
         model: Any,
         processor: Any = None,
-        method: str = "attn_rollout_grad",
+        method: str = "occlusion",
+        candidates: str = "occlusion",
+        output: str = "log_odds",
+        players: str = "words",
         autocast_dtype: torch.dtype | None = None,
         chunk_size: int = 512,
     ) -> None:
+        if method not in ATTRIBUTION_METHODS:
+            raise ValueError(f"method must be one of {list(ATTRIBUTION_METHODS)}, got {method!r}")
+        if candidates not in ATTRIBUTION_METHODS:
+            raise ValueError(f"candidates must be one of {list(ATTRIBUTION_METHODS)}, got {candidates!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {list(OUTPUTS)}, got {output!r}")
+        if players not in PLAYER_KINDS:
+            raise ValueError(f"players must be one of {list(PLAYER_KINDS)}, got {players!r}")
+        _check_positive("chunk_size", chunk_size)
         self.model = model.eval()
         self.processor = processor
         self.method = method
+        self.candidates = candidates
+        self.output = output if model.config.problem_type != "regression" else "logit"
+        self.players = players
         self.autocast_dtype = autocast_dtype
         self.chunk_size = chunk_size
 
     # ----------------------------------------------------------------- inputs
-    def _prepare(self, inputs, features, attention_mask, player_mask, tokens):
+    def _prepare(self, inputs, features, attention_mask, player_mask, tokens, groups):
+        word_ids: dict[str, list[int]] = {}
         if inputs is not None:
             if self.processor is None:
                 raise ValueError("raw inputs need a processor: Explainer(model, FLI2MoEProcessor.from_pretrained(ckpt))")
             enc = self.processor(inputs)
             features, attention_mask, player_mask = enc["features"], enc["attention_mask"], enc["player_mask"]
             tokens = {n: t[0] for n, t in (enc.get("tokens") or {}).items() if t}
+            word_ids = {n: w[0] for n, w in (enc.get("word_ids") or {}).items() if w}
             truncated = [n for n, flags in enc.get("truncated", {}).items() if any(flags)]
         else:
             truncated = []
@@ -67,7 +99,13 @@ class Explainer:
                 t = features[n].shape[1]
                 rows, cols = grid_shape(t)
                 tokens[n] = [f"{n} {i // cols},{i % cols}" if rows > 1 else f"{n} {i}" for i in range(t)]
-        return features, attention_mask, player_mask, tokens, truncated
+        if groups is None and self.players == "words" and word_ids:
+            groups = {n: word_groups(w) for n, w in word_ids.items() if any(x is not None and x >= 0 for x in w)}
+        return features, attention_mask, player_mask, tokens, truncated, groups or None
+
+    def feature_locality(self) -> dict[str, str]:
+        """`local`, `contextual` or `unknown` per modality, from the config's encoder specs."""
+        return {m["name"]: feature_locality(m.get("encoder")) for m in self.model.config.modalities}
 
     # ---------------------------------------------------------------- explain
     def explain(
@@ -78,9 +116,10 @@ class Explainer:
         attention_mask: Mapping[str, torch.Tensor] | None = None,
         player_mask: Mapping[str, torch.Tensor] | None = None,
         tokens: Mapping[str, list[str]] | None = None,
-        budget: int = 1024,
-        n_candidates: int = 8,
-        random_state: int | None = None,
+        groups: Mapping[str, Sequence[Sequence[int]]] | None = None,
+        budget: int = 2048,
+        n_candidates: int = 6,
+        random_state: RandomState = None,
         heads: Sequence[str] | None = None,
         expert_pairs: bool = False,
         expert_budget: int | None = None,
@@ -92,18 +131,39 @@ class Explainer:
         """Explain one example: prediction, routing, attribution maps, top synergistic and redundant pairs.
 
         `budget` bounds the coalition evaluations of the pair estimates on the mixture; `n_candidates`
-        tokens per modality (by the mixture's attribution) form the candidate cross-modal pairs;
-        `expert_pairs=True` also estimates SII/RG with each expert as the value function.
+        players per modality (by `candidates`) form the candidate cross-modal pairs; `groups` overrides
+        the players (`{modality: [[token positions], ...]}`); `expert_pairs=True` also estimates SII/RG
+        with each expert as the value function.
         """
+        _check_positive("budget", budget)
+        _check_positive("n_candidates", n_candidates)
+        _check_positive("top_k", top_k)
+        if expert_budget is not None:
+            _check_positive("expert_budget", expert_budget)
+        rng = check_random_state(random_state)
+        with eval_mode(self.model):
+            return self._explain(inputs, features, attention_mask, player_mask, tokens, groups, budget, n_candidates,
+                                 rng, heads, expert_pairs, expert_budget, faithfulness, pair_masking, top_k, progress)
+
+    def _explain(self, inputs, features, attention_mask, player_mask, tokens, groups, budget, n_candidates, rng,
+                 heads, expert_pairs, expert_budget, faithfulness, pair_masking, top_k, progress) -> Explanation:
         t0 = time.perf_counter()
         step = progress or (lambda frac, desc: None)
         model = self.model
         cfg = model.config
         names = model.modality_names
-        features, attention_mask, player_mask, tokens, truncated = self._prepare(
-            inputs, features, attention_mask, player_mask, tokens
+        features, attention_mask, player_mask, tokens, truncated, groups = self._prepare(
+            inputs, features, attention_mask, player_mask, tokens, groups
         )
         notes = [f"the {n} input was truncated to the encoder's max tokens" for n in truncated]
+        locality = self.feature_locality()
+        contextual = [n for n, kind in locality.items() if kind == "contextual"]
+        if contextual:
+            notes.append(
+                f"the {' and '.join(contextual)} features are contextual (each token's feature has seen the whole "
+                "input): masking one token's feature need not remove its evidence, so these scores describe the "
+                "features, not the raw input"
+            )
 
         with torch.inference_mode():
             out = model(features, attention_mask)
@@ -118,25 +178,40 @@ class Explainer:
         expert_predictions = {e: {labels[c]: float(expert_probs[i, c]) for c in range(len(labels))}
                               for i, e in enumerate(expert_names)}
 
-        step(0.05, "attribution maps (per expert and mixture)")
+        game_options = {"groups": groups, "chunk_size": self.chunk_size, "autocast_dtype": self.autocast_dtype}
+        step(0.05, "first-order occlusion effects of every player")
+        game = FeatureGame(model, features, attention_mask, player_mask, head="mixture", output=self.output,
+                           **game_options)
+        effects = occlusion_effects(game)
+
+        step(0.15, "attribution maps (per expert and mixture)")
         head_list = list(heads) if heads is not None else (
             ["mixture"] + (expert_names if cfg.mixture == "interaction" else []))
-        maps = attribute(model, features, attention_mask, player_mask, method=self.method, heads=head_list)
+        maps = attribute(model, features, attention_mask, player_mask, method=self.method, heads=head_list,
+                         output=self.output, **game_options)
 
-        step(0.25, "Shapley interactions of the candidate pairs")
-        game = self._game(features, attention_mask, player_mask, "mixture")
-        pairs = self.candidate_pairs(game, maps.maps["mixture"], n_candidates)
-        result = shapley_interactions(game, game.n_players, pairs, budget, random_state=random_state,
+        step(0.3, "Shapley interactions of the candidate pairs")
+        if self.candidates == "occlusion":
+            candidate_scores = effects.score
+        elif self.candidates == self.method:
+            candidate_scores = game.player_scores(maps.maps["mixture"])
+        else:
+            other = attribute(model, features, attention_mask, player_mask, method=self.candidates, heads=["mixture"],
+                              output=self.output, **game_options)
+            candidate_scores = game.player_scores(other.maps["mixture"])
+        pairs = self.candidate_pairs(game, candidate_scores, n_candidates)
+        result = shapley_interactions(game, game.n_players, pairs, budget, random_state=rng,
                                       batch_size=self.chunk_size)
         synergy, redundancy = self._ranked_pairs(game, result, tokens, "mixture", top_k)
-        evaluations = int(result.evaluations)
+        evaluations = int(result.evaluations) + effects.evaluations
 
         per_expert: dict[str, dict[str, list[InteractionPair]]] = {}
         if expert_pairs and cfg.mixture == "interaction":
             for i, e in enumerate(expert_names):
                 step(0.45 + 0.2 * i / len(expert_names), f"pairs of the {e} expert")
-                g = self._game(features, attention_mask, player_mask, e)
-                r = shapley_interactions(g, g.n_players, pairs, expert_budget or budget, random_state=random_state,
+                g = FeatureGame(model, features, attention_mask, player_mask, head=e, output=self.output,
+                                **game_options)
+                r = shapley_interactions(g, g.n_players, pairs, expert_budget or budget, random_state=rng,
                                          batch_size=self.chunk_size)
                 syn_e, red_e = self._ranked_pairs(g, r, tokens, e, top_k)
                 per_expert[e] = {"synergy": syn_e, "redundancy": red_e}
@@ -145,13 +220,13 @@ class Explainer:
         faith: dict[str, Any] = {}
         if faithfulness:
             step(0.7, "faithfulness: top-K% masking against random tokens")
-            faith = self._faithfulness(features, attention_mask, player_mask, maps, head_list, random_state)
+            faith = self._faithfulness(features, attention_mask, maps, head_list, rng)
         masking: dict[str, Any] = {}
         if pair_masking:
             step(0.85, "masking the top pairs against random pairs")
             prob_game = FeatureGame(model, features, attention_mask, player_mask, head="mixture", output="probability",
-                                    chunk_size=self.chunk_size, autocast_dtype=self.autocast_dtype)
-            masking = self._pair_masking(prob_game, result, random_state)
+                                    **game_options)
+            masking = self._pair_masking(prob_game, result, rng)
 
         step(1.0, "done")
         return Explanation(
@@ -174,23 +249,30 @@ class Explainer:
             evaluations=evaluations,
             seconds=time.perf_counter() - t0,
             notes=notes,
+            feature_locality=locality,
+            players=self.players if groups else "tokens",
+            candidates=self.candidates,
+            output=self.output,
+            n_contexts=int(result.n_contexts),
+            candidate_players={n: [game.players[int(p)][1] for p in pairs_of(pairs, game, n)] for n in names},
         )
 
     # ---------------------------------------------------------------- pieces
-    def _game(self, features, attention_mask, player_mask, head: str) -> FeatureGame:
-        return FeatureGame(self.model, features, attention_mask, player_mask, head=head, chunk_size=self.chunk_size,
-                           autocast_dtype=self.autocast_dtype)
-
     @staticmethod
-    def candidate_pairs(game: FeatureGame, token_map: Mapping[str, torch.Tensor], n_candidates: int) -> np.ndarray:
-        """Cross-modal pairs among the top `n_candidates` players of each modality by attribution."""
-        scores = game.player_scores(token_map)
+    def candidate_pairs(
+        game: FeatureGame, scores: torch.Tensor | Mapping[str, torch.Tensor], n_candidates: int
+    ) -> np.ndarray:
+        """Cross-modal pairs among the top `n_candidates` players of each modality by `scores` (one score
+        per player, or a token map `{modality: (T_m,)}` summed over each player's tokens)."""
+        if isinstance(scores, Mapping):
+            scores = game.player_scores(scores)
+        scores = torch.as_tensor(scores).double().reshape(-1)
         tops = []
         for n in game.modality_names:
             idx = game.players_of(n)
             if idx.numel() == 0:
                 continue
-            order = torch.argsort(scores[idx], descending=True)[:n_candidates]
+            order = torch.argsort(scores[idx], descending=True, stable=True)[:n_candidates]
             tops.append(idx[order].tolist())
         if len(tops) < 2:
             raise ValueError("cross-modal pairs need players in at least two modalities; this example has one")
@@ -203,8 +285,8 @@ class Explainer:
             a, b = (int(x) for x in result.pairs[k])
             (ma, pa), (mb, pb) = game.players[a], game.players[b]
             return InteractionPair(
-                modality_a=ma, position_a=pa, token_a=_token(tokens, ma, pa),
-                modality_b=mb, position_b=pb, token_b=_token(tokens, mb, pb),
+                modality_a=ma, position_a=pa, token_a=_token(tokens, ma, game.player_positions[a]),
+                modality_b=mb, position_b=pb, token_b=_token(tokens, mb, game.player_positions[b]),
                 sii=float(result.sii[k]), sii_se=float(result.sii_se[k]),
                 redundancy_gap=float(result.redundancy_gap[k]), redundancy_gap_se=float(result.redundancy_gap_se[k]),
                 head=head,
@@ -214,27 +296,44 @@ class Explainer:
         red = [make(k) for k in np.argsort(-result.redundancy_gap, kind="stable")[:top_k]]
         return syn, red
 
-    def _faithfulness(self, features, attention_mask, player_mask, maps, heads, random_state) -> dict[str, Any]:
+    def _faithfulness(self, features, attention_mask, maps, heads, rng) -> dict[str, Any]:
         from .faithfulness import faithfulness_for_maps
 
         results = faithfulness_for_maps(self.model, features, maps, attention_mask, heads=heads,
-                                        random_state=random_state, chunk_size=self.chunk_size,
+                                        random_state=rng, chunk_size=self.chunk_size,
                                         autocast_dtype=self.autocast_dtype)
         return {head: _plain(r) for head, r in results.items()}
 
-    def _pair_masking(self, game: FeatureGame, result, random_state) -> dict[str, Any]:
+    def _pair_masking(self, game: FeatureGame, result, rng) -> dict[str, Any]:
         from .pair_masking import pair_masking as pair_masking_fn
 
         return {
-            key: _plain(pair_masking_fn(game, result.pairs, getattr(result, key), random_state=random_state,
-                                        score_name=key))
+            key: _plain(pair_masking_fn(game, result.pairs, getattr(result, key), random_state=rng, score_name=key))
             for key in ("sii", "redundancy_gap")
         }
 
 
-def _token(tokens: Mapping[str, list[str]], modality: str, position: int) -> str:
+def pairs_of(pairs: np.ndarray, game: FeatureGame, modality: str) -> list[int]:
+    """The distinct players of `modality` among `pairs`, in first-seen order."""
+    members = set(game.players_of(modality).tolist())
+    return list(dict.fromkeys(int(p) for p in pairs.reshape(-1) if int(p) in members))
+
+
+def _check_positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _token(tokens: Mapping[str, list[str]], modality: str, positions: Sequence[int]) -> str:
+    """The display text of a player: its token, or its word-pieces joined into the word."""
     seq = tokens.get(modality) or []
-    return seq[position] if position < len(seq) else f"{modality}[{position}]"
+    pieces = [seq[p] if p < len(seq) else f"{modality}[{p}]" for p in positions]
+    if len(pieces) == 1:
+        return pieces[0]
+    return pieces[0].lstrip("\u0120\u2581") + "".join(
+        p[2:] if p.startswith("##") else p.lstrip("\u0120\u2581") for p in pieces[1:]
+    )
 
 
 def _plain(value: Any) -> Any:

@@ -55,6 +55,14 @@ class Explanation:
     evaluations: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: per modality: "local" (a token's feature depends on its own input only), "contextual" or "unknown"
+    feature_locality: dict[str, str] = field(default_factory=dict)
+    players: str = "tokens"
+    candidates: str = ""
+    output: str = "logit"
+    n_contexts: int = 0
+    #: per modality: the first token position of each candidate player the pairs were drawn from
+    candidate_players: dict[str, list[int]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +117,8 @@ class Explanation:
         for p in self.redundancy_pairs[:3]:
             lines.append(f"redundant {p.token_a!r} x {p.token_b!r}: RG {p.redundancy_gap:+.3f} +- {p.redundancy_gap_se:.3f}")
         lines.append(f"budget spent: {self.evaluations} / {self.budget} coalition evaluations, {self.seconds:.1f} s")
+        if self.feature_locality:
+            lines.append("features: " + ", ".join(f"{m} {k}" for m, k in self.feature_locality.items()))
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ pictures

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 FILLS = ("mean", "remove")
-OUTPUTS = ("logit", "probability")
+OUTPUTS = ("log_odds", "logit", "probability")
 
 RandomState = int | np.random.Generator | torch.Generator | None
 
@@ -110,12 +110,26 @@ def check_target(target: int | Sequence[int], num_labels: int) -> list[int]:
 def target_values(
     logits: torch.Tensor, target: Sequence[int], output: str, problem_type: str | None
 ) -> torch.Tensor:
-    """Values `(k,)` from logits `(k, C)`: the mean target logit, or the mean target probability
-    (softmax for single-label, sigmoid for multi-label and single-logit binary models)."""
+    """Values `(k,)` from logits `(k, C)`: the mean target logit, the mean target log-odds, or the mean
+    target probability (softmax for single-label, sigmoid for multi-label and single-logit models).
+
+    Log-odds `log p_t - log(1 - p_t)` is `logit_t - logsumexp(other logits)` for softmax heads: unlike
+    one raw logit it does not move when every logit shifts by the same amount (which a softmax
+    ignores), and it does not saturate like a probability. For sigmoid heads it is the logit itself."""
     logits = logits.float()
     index = torch.as_tensor(list(target), dtype=torch.long, device=logits.device)
     if output == "logit":
         return logits.index_select(-1, index).mean(-1)
+    if output == "log_odds":
+        if problem_type == "regression":
+            raise ValueError("output='log_odds' is undefined for a regression model; use output='logit'")
+        if problem_type == "multi_label_classification" or logits.shape[-1] == 1:
+            return logits.index_select(-1, index).mean(-1)
+        values = []
+        for t in index.tolist():
+            others = torch.cat([logits[..., :t], logits[..., t + 1 :]], dim=-1)
+            values.append(logits[..., t] - torch.logsumexp(others, dim=-1))
+        return torch.stack(values, dim=-1).mean(-1)
     if problem_type == "regression":
         raise ValueError("output='probability' is undefined for a regression model; use output='logit'")
     if problem_type == "multi_label_classification" or logits.shape[-1] == 1:
@@ -160,12 +174,12 @@ def resolve_player_mask(
 
 
 def word_groups(word_ids: Sequence[int | None]) -> list[list[int]]:
-    """Token positions grouped by word, from a tokenizer's `word_ids()` (None = special token, skipped).
+    """Token positions grouped by word, from a tokenizer's `word_ids()` (None or -1 = special token, skipped).
 
     Use as `groups={"text": word_groups(encoding.word_ids())}`."""
     by_word: dict[int, list[int]] = {}
     for position, word in enumerate(word_ids):
-        if word is not None:
+        if word is not None and int(word) >= 0:  # None or -1: a special token
             by_word.setdefault(int(word), []).append(position)
     return [by_word[w] for w in sorted(by_word, key=lambda w: by_word[w][0])]
 
@@ -204,7 +218,8 @@ class FeatureGame:
             head's prediction on the full input (multi-label: the predicted-positive labels, top-1 if none).
         fill: `"mean"` (absent tokens become the modality's dataset-mean token, after projection) or
             `"remove"` (absent tokens are masked out of attention and pooling).
-        output: `"logit"` (mean target logit) or `"probability"` (mean target probability).
+        output: `"logit"` (mean target logit), `"log_odds"` (mean target log-odds, shift-invariant for
+            softmax heads) or `"probability"` (mean target probability).
         groups: players made of several tokens. Either `{name: [[positions], ...]}` (token positions
             of that modality; non-player positions are dropped, empty groups skipped) or
             `[[player indices], ...]` indexing the ungrouped players (config modality order, positions

@@ -1,0 +1,54 @@
+"""First-order occlusion effects of every player of a game: what removing it from the full input and
+adding it to the empty input does to the value.
+
+Both ends are needed. A token whose evidence is *redundant* (another token carries the same) barely
+moves the value when removed from the full input, but moves it alone; a token in a *synergy* (the
+value needs it and a partner) moves it when removed, but not alone. Their mean is the Shapley value's
+two border strata (|S| = n - 1 and |S| = 0), which carry the largest weights; the sum of their sizes is
+the candidate score that pair search uses. The cost is `2 * n_players` evaluations in one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["OcclusionEffects", "occlusion_effects"]
+
+
+@dataclass
+class OcclusionEffects:
+    """Per-player effects `(n_players,)` of one game.
+
+    Attributes:
+        removal: `v(N) - v(N \\ {i})`, the drop when player i alone is masked.
+        inclusion: `v({i}) - v(empty)`, the gain when player i alone is present.
+        evaluations: coalitions evaluated.
+    """
+
+    removal: torch.Tensor
+    inclusion: torch.Tensor
+    evaluations: int
+
+    @property
+    def value(self) -> torch.Tensor:
+        """Signed first-order importance: the mean of the two effects."""
+        return (self.removal + self.inclusion) / 2
+
+    @property
+    def score(self) -> torch.Tensor:
+        """Unsigned size of the player's effect at either end: `|removal| + |inclusion|`."""
+        return self.removal.abs() + self.inclusion.abs()
+
+
+def occlusion_effects(game: Any) -> OcclusionEffects:
+    """Removal and inclusion effects of every player of `game` (a callable over bool coalitions with
+    `n_players`, `value_full` and `value_empty`), in one batch of `2 * n_players` coalitions."""
+    n = int(game.n_players)
+    eye = torch.eye(n, dtype=torch.bool)
+    values = game(torch.cat([~eye, eye])).double()
+    removal = float(game.value_full) - values[:n]
+    inclusion = values[n:] - float(game.value_empty)
+    return OcclusionEffects(removal=removal, inclusion=inclusion, evaluations=2 * n)
