@@ -4,6 +4,8 @@
     fli2moe train --config hub_configs/mmimdb.json --data-dir data/mmimdb [key=value ...]
     fli2moe push --checkpoint outputs/mmimdb --repo-id you/fl-i2moe-mmimdb
     fli2moe explain --checkpoint outputs/planted --split test --limit 50
+    fli2moe space build --checkpoint outputs/planted/fl_i2moe --out space/   # a Space folder that deploys as it is
+    fli2moe space push --out space/ --repo-id you/fl-i2moe-explainer
 """
 
 from __future__ import annotations
@@ -101,6 +103,24 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _space_build(args: argparse.Namespace) -> int:
+    from .space import build_space
+
+    out = build_space(args.checkpoint, args.out, overwrite=args.overwrite, cpu_torch=not args.cuda,
+                      model_id=args.model_id)
+    print(f"Space folder: {out.resolve()}")
+    print(f"try it: cd {out} && pip install -r requirements.txt && python app.py")
+    return 0
+
+
+def _space_push(args: argparse.Namespace) -> int:
+    from .space import push_space
+
+    url = push_space(args.out, args.repo_id, private=args.private, token=args.token)
+    print(f"pushed {args.out} to {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fli2moe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--budget", type=int, default=1024)
     explain.add_argument("--seed", type=int, default=0)
     explain.set_defaults(func=_explain)
+
+    space = sub.add_parser("space", help="build a self-contained Gradio Space folder for a checkpoint, or push one")
+    space_sub = space.add_subparsers(dest="space_command", required=True)
+    sbuild = space_sub.add_parser("build", help="write app.py, README (Space header), requirements.txt, wheel, checkpoint")
+    sbuild.add_argument("--checkpoint", required=True, help="a checkpoint folder (copied in) or a Hub model id")
+    sbuild.add_argument("--out", required=True, help="the Space folder to write")
+    sbuild.add_argument("--overwrite", action="store_true", help="replace --out when it exists and is not empty")
+    sbuild.add_argument("--cuda", action="store_true", help="leave out the CPU torch index (GPU Space hardware)")
+    sbuild.add_argument("--model-id", default=None,
+                        help="the Hub id a local checkpoint was pushed to (the README's models: link)")
+    sbuild.set_defaults(func=_space_build)
+    spush = space_sub.add_parser("push", help="upload a built Space folder to the Hugging Face Hub")
+    spush.add_argument("--out", required=True, help="the folder written by `fli2moe space build`")
+    spush.add_argument("--repo-id", required=True)
+    spush.add_argument("--private", action="store_true")
+    spush.add_argument("--token", default=None)
+    spush.set_defaults(func=_space_push)
     return parser
 
 
@@ -151,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"fli2moe {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,9 @@
 """FL-I2MoE explained in the browser: upload an image and a caption, see how the modalities work together.
 
-The checkpoint comes from the environment variable FLI2MOE_CHECKPOINT (a folder or a Hub id); by
-default the one that the README's main command (`make demo`) leaves in outputs/planted/fl_i2moe.
+The checkpoint comes from the environment variable FLI2MOE_CHECKPOINT (a folder or a Hub id), else from
+`fli2moe_space.json` next to this file (written by `fli2moe space build`), else the one that the README's
+main command (`make demo`) leaves in outputs/planted/fl_i2moe. The same file runs from the repository
+(spaces_app/app.py) and as the app of a built Space folder.
 """
 
 from __future__ import annotations
@@ -18,11 +20,45 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path and (ROOT / "modeling_fli2moe").is_dir():
+HERE = Path(__file__).resolve().parent
+SPACE_FILE = HERE / "fli2moe_space.json"  # written by `fli2moe space build`
+ROOT = HERE.parent
+IN_REPO = not SPACE_FILE.is_file() and (ROOT / "modeling_fli2moe").is_dir()
+if IN_REPO and str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 logger = logging.getLogger("fli2moe.space")
+
+
+def _ensure_package() -> None:
+    """In a built Space folder, install the bundled wheel if the Space builder did not (no dependencies:
+    requirements.txt lists them)."""
+    import importlib.util
+
+    if importlib.util.find_spec("modeling_fli2moe") is not None:
+        return
+    wheels = sorted((HERE / "wheels").glob("fl_i2moe-*.whl"))
+    if not wheels:
+        raise SystemExit("modeling_fli2moe is not installed and no wheels/fl_i2moe-*.whl is next to app.py: "
+                         "pip install -r requirements.txt from this folder")
+    import subprocess
+
+    logger.warning("modeling_fli2moe is not installed: installing %s", wheels[-1].name)
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-deps", str(wheels[-1])])
+    importlib.invalidate_caches()
+
+
+_ensure_package()
+
+try:  # ZeroGPU Spaces: the GPU is attached only inside functions decorated with @spaces.GPU
+    import spaces  # noqa: E402
+
+    gpu = spaces.GPU
+except ImportError:  # anywhere else: a no-op decorator
+
+    def gpu(fn=None, **_kwargs):
+        return fn if fn is not None else (lambda f: f)
+
 
 DEFAULT_CHECKPOINT = ROOT / "outputs" / "planted" / "fl_i2moe"
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -47,9 +83,16 @@ evidence). Masking those pairs is compared against masking random pairs, to show
 
 
 def resolve_checkpoint() -> str | None:
+    """FLI2MOE_CHECKPOINT, else the checkpoint named in fli2moe_space.json (a folder relative to this file,
+    or a Hub id), else the repository's demo checkpoint when it exists."""
     name = os.environ.get("FLI2MOE_CHECKPOINT")
     if name:
         return name
+    if SPACE_FILE.is_file():
+        import json
+
+        target = json.loads(SPACE_FILE.read_text())["checkpoint"]
+        return str(HERE / target) if (HERE / target).is_dir() else target
     return str(DEFAULT_CHECKPOINT) if (DEFAULT_CHECKPOINT / "config.json").is_file() else None
 
 
@@ -73,8 +116,11 @@ class ExplainerService:
             from modeling_fli2moe.explain import Explainer
             from modeling_fli2moe.processing_fli2moe import FLI2MoEProcessor
 
-            model = AutoModel.from_pretrained(checkpoint).eval()
-            self.explainer = Explainer(model, FLI2MoEProcessor.from_pretrained(checkpoint))
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            model = AutoModel.from_pretrained(checkpoint).eval().to(device)
+            self.explainer = Explainer(model, FLI2MoEProcessor.from_pretrained(checkpoint, device=device))
             self.config = model.config
         except Exception as err:  # shown in the page, never a traceback
             logger.exception("could not load %s", checkpoint)
@@ -140,6 +186,7 @@ def _overlay(image: Image.Image, heat: np.ndarray) -> Image.Image:
     return Image.blend(base, h, 0.45)
 
 
+@gpu
 def explain(image, caption, budget, n_candidates, seed, progress=gr.Progress()):
     """Explain one image + caption; returns every output of the page."""
     import matplotlib
