@@ -21,6 +21,8 @@ from pathlib import Path
 def _train(args: argparse.Namespace) -> int:
     from .training import load_run_config, run_training
 
+    if args.resume not in (None, "") and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: continue the earlier run, or replace it")
     config = load_run_config(args.config, args.overrides)
     result = run_training(
         config,
@@ -28,6 +30,7 @@ def _train(args: argparse.Namespace) -> int:
         output_dir=args.output_dir or f"outputs/{Path(args.config).stem}",
         cache_dir=args.cache_dir,
         resume=args.resume if args.resume not in (None, "") else False,
+        overwrite=args.overwrite,
     )
     _print_result(result)
     return 0
@@ -61,7 +64,9 @@ def _demo(args: argparse.Namespace) -> int:
     overrides = [f"training.seed={args.seed}", *args.overrides]
     print("[2/3] caching features with the offline encoders (MiniLM text, EfficientNet-Lite0 image), then training")
     config = load_run_config(config_path, overrides)
-    result = run_training(config, data_dir=data_dir, output_dir=root / "fl_i2moe", cache_dir=args.cache_dir)
+    # the demo retrains on every call: its own earlier checkpoint is replaced, not resumed
+    result = run_training(config, data_dir=data_dir, output_dir=root / "fl_i2moe", cache_dir=args.cache_dir,
+                          overwrite=True)
     print(f"[3/3] done in {time.time() - t0:.0f} s")
     _print_result(result)
     if args.space:
@@ -142,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cache-dir", default=None)
     train.add_argument("--resume", nargs="?", const=True, default=None,
                        help="resume from the last checkpoint in --output-dir, or from the given checkpoint folder")
+    train.add_argument("--overwrite", action="store_true",
+                       help="delete an earlier run in --output-dir and train from scratch")
     train.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. training.num_train_epochs=3")
     train.set_defaults(func=_train)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ import torch
 from datasets import Array2D, Dataset, DatasetDict, Features, Image, List, Value, concatenate_datasets
 
 from .configuration_fli2moe import FLI2MoEConfig
+from .integrity import sha256_file, write_json_atomic
+from .locking import FileLock
 from .encoders import (  # noqa: F401  (build_encoders: re-exported, tests patch it here)
     FrozenEncoder,
     build_encoders,
@@ -47,6 +50,8 @@ __all__ = [
     "cache_features",
     "format_cached",
     "modality_means",
+    "record_cache_file",
+    "verify_cache_file",
 ]
 
 #: Bump when the cached layout changes: old files are then ignored (they live under other names).
@@ -146,6 +151,7 @@ def cache_features(
     encoders: Mapping[str, FrozenEncoder] | None = None,
     device: str | torch.device | None = None,
     drop_columns: Sequence[str] = (),
+    lock_timeout: float = 3600.0,
 ) -> DatasetDict | Dataset:
     """Encode every split with the config's frozen encoders once, or read the arrow cache back.
 
@@ -153,11 +159,16 @@ def cache_features(
     only for the modalities whose cache files are missing. ``drop_columns`` removes more raw
     columns (image columns are always dropped). Returns the cached splits (see the module docstring),
     formatted by :func:`format_cached`.
+
+    Each file is written under a lock (another process encoding the same file is waited for, up to
+    ``lock_timeout`` seconds) and its row count, size and SHA-256 are recorded next to it; a file that no
+    longer matches (truncated, zero-byte, overwritten) or holds non-finite features is rebuilt with a
+    warning naming it.
     """
     if isinstance(dataset_dict, Dataset):
         return cache_features(
             DatasetDict({dataset_dict.split or "data": dataset_dict}), config, cache_dir, batch_size,
-            encoders=encoders, device=device, drop_columns=drop_columns,
+            encoders=encoders, device=device, drop_columns=drop_columns, lock_timeout=lock_timeout,
         )[str(dataset_dict.split or "data")]  # fmt: skip
     if not isinstance(dataset_dict, DatasetDict):
         raise TypeError(f"cache_features expects a datasets.DatasetDict, got {type(dataset_dict).__name__}")
@@ -205,7 +216,11 @@ def cache_features(
                 parts.append(Dataset.from_dict({c: [] for c in feats}, features=feats))
                 continue
             path = root / f"{name}-{keys[name]}" / f"{split}-{ds._fingerprint}-v{FEATURE_CACHE_VERSION}.arrow"
-            hit = path.is_file()
+            hit = path.is_file() and verify_cache_file(path, len(ds), name)
+            lock = None
+            if not hit:  # encode under a lock; another process may have written it while we waited
+                lock = FileLock(f"{path}.lock", f"feature cache file {path}", timeout=lock_timeout).acquire()
+                hit = path.is_file() and verify_cache_file(path, len(ds), name)
             has_id = "id" in ds.column_names and col != "id"
             inputs = [col, "id"] if has_id else [col]
             src = ds.select_columns(inputs)
@@ -219,19 +234,25 @@ def cache_features(
             else:
                 logger.info("modality %r, split %r: reading cached features from %s", name, split, path)
                 row_bytes = 1
-            part = src.map(
-                _encode_fn(m, lambda m=m: encoder_of(m), has_id),
-                batched=True,
-                batch_size=batch_size,
-                input_columns=inputs,
-                remove_columns=src.column_names,
-                features=features,
-                cache_file_name=str(path),
-                load_from_cache_file=True,
-                new_fingerprint=f"{ds._fingerprint}{keys[name]}"[:64],
-                writer_batch_size=max(batch_size, min(1000, _WRITER_BYTES // row_bytes)),
-                desc=f"Encoding {name} ({split})",
-            )
+            try:
+                part = src.map(
+                    _encode_fn(m, lambda m=m: encoder_of(m), has_id),
+                    batched=True,
+                    batch_size=batch_size,
+                    input_columns=inputs,
+                    remove_columns=src.column_names,
+                    features=features,
+                    cache_file_name=str(path),
+                    load_from_cache_file=True,
+                    new_fingerprint=f"{ds._fingerprint}{keys[name]}"[:64],
+                    writer_batch_size=max(batch_size, min(1000, _WRITER_BYTES // row_bytes)),
+                    desc=f"Encoding {name} ({split})",
+                )
+                if not hit:
+                    record_cache_file(path, len(part))
+            finally:
+                if lock is not None:
+                    lock.release()
             parts.append(part)
         drop = [c for c, feat in ds.features.items() if isinstance(feat, Image) or c in drop_columns]
         base = ds.remove_columns(drop) if drop else ds
@@ -244,6 +265,68 @@ def cache_features(
             merged = concatenate_datasets(parts, axis=1)
         out[split] = format_cached(merged, config)
     return DatasetDict(out)
+
+
+def _record_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def record_cache_file(path: str | os.PathLike, rows: int) -> None:
+    """Record a cache file's row count, size and SHA-256 next to it (``<file>.json``), checked when it is opened."""
+    path = Path(path)
+    write_json_atomic(_record_path(path), {"version": FEATURE_CACHE_VERSION, "rows": int(rows),
+                                           "size": path.stat().st_size, "sha256": sha256_file(path)})  # fmt: skip
+
+
+def _cache_file_problem(path: Path, rows: int, modality: str) -> str | None:
+    record_path = _record_path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty (0 bytes)"
+    record = None
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+    if isinstance(record, dict) and "sha256" in record:
+        if record.get("rows") != rows:
+            return f"it holds {record.get('rows')} rows but the split has {rows}"
+        if record.get("size") != size:
+            return f"it has {size} bytes but {record.get('size')} were written (truncated or overwritten)"
+        if sha256_file(path) != record["sha256"]:
+            return "its checksum differs from the one recorded when it was written (corrupt)"
+        return None
+    # no record (written by an older version, or the writer stopped before recording): check the content
+    try:
+        data = Dataset.from_file(str(path))
+    except Exception as err:  # noqa: BLE001 - arrow raises several types for damaged files
+        return f"it cannot be read ({type(err).__name__}: {err})"
+    if len(data) != rows:
+        return f"it holds {len(data)} rows but the split has {rows}"
+    col = feature_columns(modality)[0]
+    if col not in data.column_names:
+        return f"it has no {col!r} column"
+    arr = data.with_format("numpy", columns=[col], dtype=None)
+    for start in range(0, len(arr), 256):
+        x = arr[start : start + 256][col]
+        if not np.isfinite(np.asarray(x, dtype=np.float32)).all():
+            return "it holds NaN or inf features"
+    record_cache_file(path, rows)
+    return None
+
+
+def verify_cache_file(path: str | os.PathLike, rows: int, modality: str) -> bool:
+    """True when a cache file is intact; a damaged one is deleted (with a warning naming it) so it is rebuilt."""
+    path = Path(path)
+    problem = _cache_file_problem(path, rows, modality)
+    if problem is None:
+        return True
+    warnings.warn(f"feature cache file {path} is damaged ({problem}); deleting it and encoding again", UserWarning,
+                  stacklevel=3)  # fmt: skip
+    path.unlink(missing_ok=True)
+    _record_path(path).unlink(missing_ok=True)
+    return False
 
 
 def modality_means(cached_train: Dataset, config: FLI2MoEConfig, batch_size: int = 512) -> dict[str, torch.Tensor]:

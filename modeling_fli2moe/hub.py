@@ -19,6 +19,8 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, HFValidationError, filter_repo_objects, validate_repo_id
 
+from .integrity import verify_checkpoint
+
 logger = logging.getLogger(__name__)
 
 TAGS = ["fl-i2moe", "multimodal", "mixture-of-experts", "interpretability", "custom_code"]
@@ -519,6 +521,7 @@ def check_checkpoint_dir(checkpoint_dir: str | os.PathLike) -> list[str]:
         raise FileNotFoundError(
             f"checkpoint folder {root} cannot be pushed:\n- " + "\n- ".join(problems)
         )
+    verify_checkpoint(root)  # weights intact (framing, recorded checksum) and config.json as saved
     return present
 
 

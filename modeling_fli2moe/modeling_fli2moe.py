@@ -21,6 +21,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_fli2moe import FLI2MoEConfig
+from .integrity import record_checkpoint, verify_checkpoint
 
 
 @dataclass
@@ -251,7 +252,19 @@ class FLI2MoEPreTrainedModel(PreTrainedModel):
         (Loading with `strict=False` would silently keep randomly initialised weights for missing tensors.)
         """
         want_info = kwargs.pop("output_loading_info", False)
+        if strict and not kwargs.get("subfolder"):  # clear errors for broken folders, checksums when recorded
+            given = kwargs.get("config")
+            verify_checkpoint(pretrained_model_name_or_path, lambda: (
+                given if hasattr(given, "to_dict") else cls.config_class.from_pretrained(pretrained_model_name_or_path)
+            ).to_dict())
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        if strict:
+            bad = [k for k, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+            if bad:
+                raise ValueError(
+                    f"checkpoint {pretrained_model_name_or_path!s} has NaN or inf values in {bad[:8]}: the weights "
+                    "are corrupt; restore them from the original run or the Hub, or retrain."
+                )
         problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         if strict and any(problems.values()):
             details = "; ".join(f"{k.replace('_', ' ')}: {v[:8]}{' ...' if len(v) > 8 else ''}" for k, v in problems.items() if v)
@@ -261,6 +274,13 @@ class FLI2MoEPreTrainedModel(PreTrainedModel):
                 "strict=False to load it anyway (missing tensors stay randomly initialised)."
             )
         return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs) -> None:
+        """Save as transformers does, plus `checksums.json` (the weights' SHA-256 and the model config),
+        which `from_pretrained` checks."""
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            record_checkpoint(save_directory, self.config.to_dict())
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -329,7 +349,14 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         self,
         features: Mapping[str, torch.Tensor],
         attention_mask: Mapping[str, torch.Tensor] | None,
+        labels: torch.Tensor | None = None,
     ) -> tuple[int, dict[str, torch.Tensor]]:
+        """Validate the inputs at the model's boundary; errors name the modality (and the row) and the fix.
+
+        Features must be floating point and finite everywhere (a NaN or inf in any position, padding
+        included, turns that row's logits into NaN); an empty batch cannot have labels (its loss is NaN).
+        Returns the batch size and the boolean masks.
+        """
         if not isinstance(features, Mapping):
             raise TypeError(
                 f"features must be a dict {{modality name: tensor (B, T, D)}} with keys {self.modality_names}, "
@@ -358,6 +385,20 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
                 )
             if x.shape[1] == 0:
                 raise ValueError(f"features[{name!r}] has no tokens (T = 0); pass at least one (padding) token")
+            if not x.is_floating_point():
+                raise TypeError(
+                    f"features[{name!r}] has dtype {x.dtype}; frozen-encoder features are floating point "
+                    "(float32, float16 or bfloat16). Pass the encoder's output, or .float() it if these integers "
+                    "really are feature values."
+                )
+            finite = torch.isfinite(x)
+            if not bool(finite.all()):
+                rows = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"features[{name!r}] has NaN or inf values in row(s) {rows[:10]}{' ...' if len(rows) > 10 else ''} "
+                    f"of the batch; the model would return NaN logits for them. Check the encoder output or the "
+                    "feature cache for that example."
+                )
             if batch is None:
                 batch = x.shape[0]
             elif x.shape[0] != batch:
@@ -377,6 +418,13 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
             extra = [n for n in attention_mask if n not in self.modality_names]
             if extra:
                 raise ValueError(f"attention_mask has unknown modality {extra[0]!r}: expected {self.modality_names}")
+        if labels is not None:
+            if batch == 0:
+                raise ValueError("the batch is empty (B = 0) but labels were given: its loss would be NaN; skip empty "
+                                 "batches, or call the model without labels")
+            if torch.is_tensor(labels) and labels.is_floating_point() and not bool(torch.isfinite(labels).all()):
+                rows = (~torch.isfinite(labels)).reshape(labels.shape[0], -1).any(1).nonzero().flatten().tolist()
+                raise ValueError(f"labels have NaN or inf values in row(s) {rows[:10]}; the loss would be NaN")
         return batch, masks
 
     @staticmethod
@@ -507,7 +555,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
                 `labels` are given and the mixture is `interaction`.
             generator: random generator for the `noise` replacement (global RNG when None).
         """
-        batch, masks = self._check_inputs(features, attention_mask)
+        batch, masks = self._check_inputs(features, attention_mask, labels)
         if not output_attentions:  # attention maps keep every given position, for the explainers
             features, masks = self.trim_padding(features, masks)
         projected = self.project(features)

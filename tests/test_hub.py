@@ -8,6 +8,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import torch
 import yaml
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 
@@ -66,6 +67,12 @@ NOT_PUSHED = {
 }
 
 
+def _tiny_safetensors(path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(path))
+
+
 @pytest.fixture
 def checkpoint(tmp_path: Path) -> Path:
     """A fake checkpoint folder with the file names a real one has (no model import needed)."""
@@ -76,7 +83,9 @@ def checkpoint(tmp_path: Path) -> Path:
     for name in PUSHED | NOT_PUSHED:
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
+        if name.endswith(".safetensors"):
+            _tiny_safetensors(path)  # pushing checks the weights' framing
+        elif not path.exists():
             path.write_bytes(b"# placeholder\n" if name.endswith(".py") else b"\0fake")
     (root / "README.md").unlink()
     write_model_card(root, config=CONFIG, test_metrics=TEST_METRICS, dataset_name="mmimdb", repo_id="me/fli2moe")
@@ -257,10 +266,10 @@ def test_validation_accepts_sharded_weights_and_lists_files(checkpoint: Path):
     (checkpoint / "model.safetensors").unlink()
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
     (checkpoint / "model.safetensors.index.json").write_text(json.dumps(index))
-    (checkpoint / "model-00001-of-00002.safetensors").write_bytes(b"\0")
+    _tiny_safetensors(checkpoint / "model-00001-of-00002.safetensors")
     with pytest.raises(FileNotFoundError, match="model-00002-of-00002"):
         check_checkpoint_dir(checkpoint)
-    (checkpoint / "model-00002-of-00002.safetensors").write_bytes(b"\0")
+    _tiny_safetensors(checkpoint / "model-00002-of-00002.safetensors")
     assert "model-00002-of-00002.safetensors" in check_checkpoint_dir(checkpoint)
 
 

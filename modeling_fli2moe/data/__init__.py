@@ -42,6 +42,9 @@ LOADERS: dict[str, Callable[..., DatasetDict]] = {
     "planted": load_planted,
 }
 
+#: Label names of the loaders whose multi-hot ``labels`` column cannot carry them (``ClassLabel`` columns do).
+LABEL_NAMES: dict[str, tuple[str, ...]] = {"mmimdb": MMIMDB_GENRES}
+
 
 def get_loader(name: str) -> Callable[..., DatasetDict]:
     """The loader registered under ``name``; an unknown name raises, listing the known ones."""
@@ -53,6 +56,7 @@ def get_loader(name: str) -> Callable[..., DatasetDict]:
 
 __all__ = [
     "LOADERS",
+    "LABEL_NAMES",
     "get_loader",
     "MMIMDB_GENRES",
     "load_mmimdb",

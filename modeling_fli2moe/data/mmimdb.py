@@ -203,7 +203,8 @@ def load_mmimdb(
     used as is. Columns: ``id`` (str), ``text`` (the first plot by default; ``plot="longest"``
     as in MMBT, or ``"all"`` joined by newlines), ``image`` (``datasets.Image``, decoded lazily
     from the path) and ``labels`` (23 floats, multi-hot in :data:`MMIMDB_GENRES` order; other
-    genres such as News or Reality-TV are dropped, logged once at INFO).
+    genres such as News or Reality-TV are dropped, with ONE ``UserWarning`` counting them per genre and
+    the movies left with no label).
 
     Bad files, our choice for MM-IMDb (``on_error="skip"``): an example whose poster is
     missing or corrupt, or whose JSON file is missing, is dropped and ONE ``UserWarning``
@@ -248,6 +249,7 @@ def load_mmimdb(
 
     genre_index = {g: k for k, g in enumerate(MMIMDB_GENRES)}
     dropped: Counter[str] = Counter()
+    unlabelled: Counter[str] = Counter()
     rows: dict[str, list[dict[str, Any]]] = {}
     for key, split in _MMIMDB_SPLITS.items():
         rows[split] = []
@@ -264,10 +266,19 @@ def load_mmimdb(
                     labels[genre_index[g]] = 1.0
                 else:
                     dropped[str(g)] += 1
+            if not any(labels):
+                unlabelled[split] += 1
             text = _mmimdb_text(meta.get("plot"), plot, jpath)
             rows[split].append({"id": i, "text": text, "image": str(ipath), "labels": labels})
     if dropped:
-        logger.info("MM-IMDb: dropped genres outside the 23 kept: %s", dict(dropped.most_common()))
+        left = (f"; {sum(unlabelled.values())} movie(s) are left with no label at all ({dict(unlabelled)}), "
+                "all-zero targets" if unlabelled else "")
+        warnings.warn(
+            f"MM-IMDb: dropped {sum(dropped.values())} genre label(s) outside the 23 kept genres (MMIMDB_GENRES): "
+            f"{dict(dropped.most_common())}{left}",
+            UserWarning,
+            stacklevel=2,
+        )
     features = Features(
         {
             "id": Value("string"),
