@@ -67,7 +67,7 @@ def test_splits_kinds_and_labels_balanced(planted):
     for kind in PLANTED_KINDS:
         labels = Counter(r["label"] for r in train if r["kind"] == kind)
         assert labels[0] == labels[1] == 7
-    syn = [r for r in train if r["kind"] == "synergy"]
+    syn = [r for r in train if r["kind"] == "synergy" and r["evidence_word"] and r["evidence_object"]]
     combos = Counter((r["evidence_word"], r["evidence_object"]) for r in syn)
     assert len(combos) == 4 and max(combos.values()) - min(combos.values()) <= 1
     # either synergy cue alone is (nearly) independent of the label
@@ -85,16 +85,20 @@ def test_labels_follow_the_rule(planted):
             obit = (
                 [o.name for o in EVIDENCE_OBJECTS[kind]].index(r["evidence_object"]) if r["evidence_object"] else None
             )
-            assert r["label"] == planted_label(kind, wbit, obit)
+            complete = {"unique-text": wbit is not None, "unique-image": obit is not None}.get(
+                kind, wbit is not None and obit is not None if kind == "synergy" else (wbit, obit) != (None, None)
+            )
+            if complete:  # ambiguous train examples (evidence missing) carry a coin-flip label
+                assert r["label"] == planted_label(kind, wbit, obit)
             assert bool(r["text_positions"]) == (wbit is not None) == bool(r["text_spans"])
             assert bool(r["image_regions"]) == (obit is not None) == bool(r["image_boxes"])
-            if split != "train" or kind != "redundancy":
+            if split != "train":
                 assert (wbit is not None) == (kind != "unique-image")
                 assert (obit is not None) == (kind != "unique-text")
 
 
 def test_redundancy_dropout_only_in_train():
-    ds = make_planted(20, random_state=1, redundancy_dropout=0.5, tokenizer=None)
+    ds = make_planted(20, random_state=1, redundancy_dropout=0.5, ambiguous_fraction=0.0, tokenizer=None)
     red = [r for r in ds["train"].remove_columns("image").to_list() if r["kind"] == "redundancy"]
     one_cue = [r for r in red if not (r["evidence_word"] and r["evidence_object"])]
     assert len(one_cue) == 7 and {bool(r["evidence_word"]) for r in one_cue} == {True, False}
@@ -181,3 +185,22 @@ def test_bad_arguments(kwargs, match):
     args = {"n_per_kind": 10, "tokenizer": None, **kwargs}
     with pytest.raises((ValueError, TypeError), match=match):
         make_planted(**args)
+
+
+def test_ambiguous_train_examples_miss_their_evidence(planted):
+    """A quarter of each kind's train examples carry no (synergy: incomplete) evidence, with labels that
+    stay balanced; validation and test examples always carry all of theirs."""
+    train = planted["train"].remove_columns("image").to_list()
+    for kind in PLANTED_KINDS:
+        rows = [r for r in train if r["kind"] == kind]
+        if kind == "synergy":
+            missing = [r for r in rows if not (r["evidence_word"] and r["evidence_object"])]
+        else:
+            missing = [r for r in rows if not r["evidence_word"] and not r["evidence_object"]]
+        assert len(missing) == round(0.25 * len(rows))
+        assert all(not r["text_positions"] for r in missing if not r["evidence_word"])
+    for split in ("validation", "test"):
+        for r in planted[split].remove_columns("image").to_list():
+            need_word = r["kind"] in ("unique-text", "synergy", "redundancy")
+            need_object = r["kind"] in ("unique-image", "synergy", "redundancy")
+            assert bool(r["evidence_word"]) == need_word and bool(r["evidence_object"]) == need_object

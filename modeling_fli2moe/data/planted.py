@@ -22,7 +22,9 @@ covers all kinds. Distractor words and shapes never carry evidence, and distract
 shape family and no colour with any evidence object (thin grey strokes: zigzag, wave,
 hatch), so no look-alike of an evidence object can stand in for it. Shapes sit in distinct,
 non-touching cells. The number of phrases and of shapes does not depend on whether a cue is
-present, so counts reveal nothing. With ``redundancy_dropout`` > 0 a fraction of the *train*
+present, so counts reveal nothing. With ``ambiguous_fraction`` > 0 a fraction of the *train*
+examples of every kind miss their evidence and carry a coin-flip label, so a model must read each
+cue's value from the cue itself, not from the absence of the other value. With ``redundancy_dropout`` > 0 a fraction of the *train*
 redundancy examples keeps only one of the two cues (the other replaced by a filler phrase or a
 distractor shape), so a model must learn to read each cue alone; validation and test
 redundancy examples always carry both.
@@ -365,6 +367,7 @@ def _example(
     n_objects: tuple[int, int],
     n_phrases: tuple[int, int],
     rng: np.random.Generator,
+    label: int | None = None,
 ) -> dict[str, Any]:
     word = EVIDENCE_WORDS[kind][word_bit] if word_bit is not None else None
     obj = EVIDENCE_OBJECTS[kind][object_bit] if object_bit is not None else None
@@ -390,7 +393,7 @@ def _example(
     return {
         "text": text,
         "image": img,
-        "label": planted_label(kind, word_bit, object_bit),
+        "label": planted_label(kind, word_bit, object_bit) if label is None else int(label),
         "kind": kind,
         "text_spans": spans,
         "image_regions": regions,
@@ -451,6 +454,7 @@ def make_planted(
     n_objects: tuple[int, int] = (3, 5),
     n_phrases: tuple[int, int] = (3, 5),
     redundancy_dropout: float = 0.2,
+    ambiguous_fraction: float = 0.25,
     tokenizer: Any = "auto",
 ) -> DatasetDict:
     """Generate the planted-interaction benchmark as a ``DatasetDict`` (train / validation / test).
@@ -460,6 +464,10 @@ def make_planted(
     seed) gives identical datasets. ``n_objects``: shapes per image (evidence included);
     ``n_phrases``: caption phrases after the opener (evidence phrase included).
     ``redundancy_dropout``: fraction of *train* redundancy examples that keep one cue only.
+    ``ambiguous_fraction``: fraction of *train* examples of every kind whose evidence is missing
+    (synergy: one cue or both; other kinds: all) with a balanced random label, so that a model learns
+    that no evidence means no answer and cannot read a bit from a cue's *absence* (e.g. "no green
+    circle" for "orange cross"), which masking a token would then never undo.
     ``tokenizer``: ``"auto"`` (the offline all-MiniLM-L6-v2 tokenizer if installed, else the
     one-token-per-word rule, identical for it), ``None`` (that rule) or a fast transformers
     tokenizer whose positions to record. Columns: ``id``, ``text``, ``image``, ``label``,
@@ -483,6 +491,11 @@ def make_planted(
         raise ValueError(f"n_phrases must be (lo, hi) with 1 <= lo <= hi, got {n_phrases}")
     if not 0.0 <= redundancy_dropout <= 1.0:
         raise ValueError(f"redundancy_dropout must be in [0, 1], got {redundancy_dropout}")
+    if not 0.0 <= ambiguous_fraction <= 1.0 - redundancy_dropout:
+        raise ValueError(
+            f"ambiguous_fraction must be in [0, 1 - redundancy_dropout] = [0, {1 - redundancy_dropout}], "
+            f"got {ambiguous_fraction}"
+        )
     n_train = int(round(n_per_kind * split_fractions[0]))
     n_val = int(round(n_per_kind * split_fractions[1]))
     counts = {"train": n_train, "validation": n_val, "test": n_per_kind - n_train - n_val}
@@ -512,6 +525,7 @@ def make_planted(
         "n_objects": list(n_objects),
         "n_phrases": list(n_phrases),
         "redundancy_dropout": redundancy_dropout,
+        "ambiguous_fraction": ambiguous_fraction,
         "tokenizer": getattr(tokenizer, "name_or_path", None) if tokenizer is not None else "one-token-per-word",
     }
     out = {}
@@ -524,8 +538,19 @@ def make_planted(
                 for k, i in enumerate(rng.permutation(n)[:n_drop]):
                     w, o = cues[i]
                     cues[i] = (w, None) if k % 2 == 0 else (None, o)
-            for w, o in cues:
-                rows.append(_example(kind, w, o, image_size, PLANTED_GRID_SIZE, n_objects, n_phrases, rng))
+            labels: list[int | None] = [None] * n
+            if split == "train" and ambiguous_fraction > 0:
+                pool = [i for i in rng.permutation(n).tolist() if kind != "redundancy" or None not in cues[i]]
+                for k, i in enumerate(pool[: int(round(ambiguous_fraction * n))]):
+                    w, o = cues[i]
+                    # the label of the full cues, now independent of what is left: a coin flip to the model
+                    labels[i] = planted_label(kind, w, o)
+                    if kind == "synergy":  # one cue or both missing: the XOR is undefined
+                        cues[i] = ((None, o), (w, None), (None, None))[k % 3]
+                    else:
+                        cues[i] = (None, None)
+            for (w, o), label in zip(cues, labels):
+                rows.append(_example(kind, w, o, image_size, PLANTED_GRID_SIZE, n_objects, n_phrases, rng, label))
         order = rng.permutation(len(rows))
         rows = [rows[i] for i in order]
         positions = text_positions_for([r["text"] for r in rows], [r["text_spans"] for r in rows], tokenizer)
