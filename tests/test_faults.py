@@ -478,3 +478,45 @@ def test_bad_config_values_are_named_at_the_boundary(cfg_file, mmimdb, cache, tm
     assert _train(cfg_file, mmimdb, cache, tmp_path / "out", override) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ====================================================================== explanations: values at the boundary
+@pytest.fixture(scope="module")
+def explainer():
+    from modeling_fli2moe.explain import Explainer
+
+    torch.manual_seed(0)
+    model = FLI2MoEModel(tiny_config(num_labels=2, dropout=0.5))
+    feats, masks = random_inputs(model.config, batch_size=1, tokens={"text": 4, "image": 3}, pad_fraction=0.0,
+                                 generator=torch.Generator().manual_seed(1))  # fmt: skip
+    return Explainer(model, method="gradient_x_input", candidates="gradient_x_input"), feats, masks
+
+
+def _explain(explainer, **kw):
+    exp, feats, masks = explainer
+    return exp.explain(features=feats, attention_mask=masks, budget=160, faithfulness=False, pair_masking=False, **kw)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"n_candidates": 0}, "n_candidates must be a positive int, got 0"),
+     ({"n_candidates": -1}, "n_candidates must be a positive int, got -1"),
+     ({"top_k": -1}, "top_k must be a positive int, got -1"),
+     ({"random_state": -1}, r"random_state \(the seed\) must be an int >= 0")],
+)  # fmt: skip
+def test_explainer_arguments_are_validated(explainer, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _explain(explainer, **{"random_state": 0, **kwargs})
+
+
+def test_explainer_uses_eval_mode_even_if_the_model_was_switched_to_train(explainer):
+    exp = explainer[0]
+    reference = _explain(explainer, random_state=0)
+    exp.model.train()  # after construction
+    try:
+        again = _explain(explainer, random_state=0)
+        assert exp.model.training  # the caller's mode is restored
+    finally:
+        exp.model.eval()
+    assert again.probabilities == reference.probabilities
+    assert [p.sii for p in again.synergy_pairs] == [p.sii for p in reference.synergy_pairs]
