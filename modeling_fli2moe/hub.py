@@ -36,6 +36,9 @@ IGNORE_PATTERNS = [
     "*.pth",
     "global_step*",  # DeepSpeed states
     "trainer_state.json",
+    "run.json",  # the local run record (command, host, pid)
+    ".fli2moe.lock",
+    ".tmp-checkpoint-*",
     "training_args.bin",  # a pickle: not loaded by from_pretrained, flagged by the Hub's scanner
     "__pycache__/*",
     "*.pyc",

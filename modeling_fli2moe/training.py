@@ -47,6 +47,11 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "logging_steps": 10,
     "save_total_limit": 2,
 }
+#: TrainingArguments fields the training command sets itself (see `_training_arguments`)
+FIXED_TRAINING_KEYS = frozenset({
+    "output_dir", "eval_strategy", "save_strategy", "load_best_model_at_end", "metric_for_best_model",
+    "greater_is_better", "remove_unused_columns", "label_names", "use_cpu",
+})  # fmt: skip
 SELECTION_METRICS = {"mmimdb": "macro_f1"}  # every other dataset: accuracy
 
 
@@ -118,6 +123,12 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> FLI2MoECon
         raise ValueError(
             f"{source}: unknown training key(s) {bad}; the training section takes transformers.TrainingArguments "
             "fields (e.g. num_train_epochs, learning_rate, per_device_train_batch_size, seed)."
+        )
+    fixed = sorted(set(training) & FIXED_TRAINING_KEYS)
+    if fixed:
+        raise ValueError(
+            f"{source}: training key(s) {fixed} are set by the training command itself (it evaluates and saves every "
+            "epoch and keeps the best checkpoint by dataset.selection_metric); remove them from the training section"
         )
     check_training_values(training, source)
     dataset = data.get("dataset") or {}
@@ -729,6 +740,7 @@ def _run_training(
 
 
 def _training_arguments(output_dir: Path, metric: str, bf16: bool, train_cfg: dict[str, Any]) -> TrainingArguments:
+    train_cfg = {"report_to": [], **train_cfg}  # no experiment trackers unless the config names them
     return TrainingArguments(
         output_dir=str(output_dir),
         eval_strategy="epoch",
@@ -738,7 +750,6 @@ def _training_arguments(output_dir: Path, metric: str, bf16: bool, train_cfg: di
         greater_is_better=True,
         remove_unused_columns=False,
         label_names=["labels"],
-        report_to=[],
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
         **train_cfg,

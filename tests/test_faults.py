@@ -390,6 +390,14 @@ def test_push_refuses_a_corrupt_checkpoint(finished, tmp_path):
         push_checkpoint(run, "me/model", api=object())
 
 
+def test_run_record_and_lock_are_not_pushed(finished):
+    from modeling_fli2moe.hub import checkpoint_files
+
+    files = checkpoint_files(finished)
+    assert "checksums.json" in files and "model.safetensors" in files
+    assert "run.json" not in files and not any(f.startswith((".tmp-", ".fli2moe")) for f in files)
+
+
 # ================================================================================ bad input: a clear error
 @pytest.fixture(scope="module")
 def model():
@@ -419,14 +427,25 @@ def test_empty_batch_with_labels_is_refused(model):
         model(feats, labels=torch.zeros(0, dtype=torch.long))
 
 
-@pytest.mark.parametrize("name", ["mmimdb", "mmimdb_dense", "enrico", "enrico_dense", "mmhs150k", "mmhs150k_dense"])
+def _write_planted(directory: Path, n: int):
+    from modeling_fli2moe.data import make_planted, save_planted
+
+    save_planted(make_planted(n_per_kind=10, random_state=0), directory / "planted")
+    return type("Written", (), {"root": directory / "planted"})
+
+
+SHIPPED = sorted(p.stem for p in (ROOT / "hub_configs").glob("*.json"))
+WRITERS = {"mmimdb": write_mmimdb_fixture, "enrico": write_enrico_fixture, "mmhs150k": write_mmhs150k_fixture,
+           "planted": _write_planted}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_each_shipped_config_trains_on_its_loaders_fixture(name, tiny_dirs, tmp_path_factory):  # noqa: F811
     tmp = tmp_path_factory.mktemp(name)
-    loader = name.split("_")[0]
-    writer = {"mmimdb": write_mmimdb_fixture, "enrico": write_enrico_fixture, "mmhs150k": write_mmhs150k_fixture}[loader]
+    loader = json.loads((ROOT / "hub_configs" / f"{name}.json").read_text())["dataset"]["loader"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        raw = writer(tmp / "raw", n=20 if loader != "enrico" else 24).root
+        raw = WRITERS[loader](tmp / "raw", n=20 if loader != "enrico" else 24).root
     config = load_run_config(_tiny_hub_config(name, tiny_dirs, tmp), ["training.num_train_epochs=1"])
     shipped = json.loads((ROOT / "hub_configs" / f"{name}.json").read_text())
     with warnings.catch_warnings():
@@ -471,6 +490,7 @@ def test_misspelt_selection_metric_fails_before_training(cfg_file, mmimdb, cache
     [("training.max_steps=two", "training.max_steps must be int"),
      ("training.num_train_epochs=-1", "training.num_train_epochs must be > 0"),
      ("training.seed=-1", "training.seed must be an int >= 0"),
+     ("training.eval_strategy=steps", "training key(s) ['eval_strategy'] are set by the training command itself"),
      ("dataset.options.on_eror=skip", "dataset.options.on_eror is not an option of the 'mmimdb' loader. Did you mean "
                                       "'on_error'?")],
 )  # fmt: skip
