@@ -65,7 +65,7 @@ def planted(steps: int) -> None:
     from modeling_fli2moe.encoders import build_encoder
     from modeling_fli2moe.training import load_run_config
 
-    cfg = load_run_config(ROOT / "hub_configs" / "planted.json")
+    cfg = load_run_config(ROOT / "hub_configs" / "planted.json").model
     rows = make_planted(n_per_kind=20, random_state=0)["train"].select(range(32))
     texts, images = rows["text"], rows["image"]
     text_enc = build_encoder(cfg.modalities[0]["encoder"])

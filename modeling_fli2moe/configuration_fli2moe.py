@@ -53,9 +53,6 @@ class FLI2MoEConfig(PreTrainedConfig):
         num_labels / id2label / label2id / problem_type: as in every transformers classifier;
             `problem_type` is one of `regression`, `single_label_classification`,
             `multi_label_classification` (inferred from the labels when `None`).
-        dataset (`dict`, optional): how the training command finds the data (`loader`, `data_dir`,
-            loader options, selection metric). Not used by the model itself.
-        training (`dict`, optional): default training hyper-parameters for the training command.
         initializer_range (`float`, defaults to 0.02): std of the normal init of linear layers.
     """
 
@@ -85,8 +82,6 @@ class FLI2MoEConfig(PreTrainedConfig):
         replacement: str = "noise",
         interaction_space: str = "latent",
         mixture: str = "interaction",
-        dataset: dict[str, Any] | None = None,
-        training: dict[str, Any] | None = None,
         initializer_range: float = 0.02,
         **kwargs: Any,
     ) -> None:
@@ -109,9 +104,11 @@ class FLI2MoEConfig(PreTrainedConfig):
         self.replacement = replacement
         self.interaction_space = interaction_space
         self.mixture = mixture
-        self.dataset = copy.deepcopy(dataset) if dataset is not None else None
-        self.training = copy.deepcopy(training) if training is not None else None
         self.initializer_range = initializer_range
+        # how a model was trained (data folder, training arguments) is not part of the model: config.json
+        # files written by earlier versions carried `dataset` / `training` sections; they are dropped
+        kwargs.pop("dataset", None)
+        kwargs.pop("training", None)
         super().__init__(**kwargs)
         if self.id2label is not None and not self.label2id:
             self.label2id = {v: int(k) for k, v in self.id2label.items()}

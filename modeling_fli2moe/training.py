@@ -1,4 +1,10 @@
-"""Train FL-I2MoE (or its dense baseline) from a hub config with `transformers.Trainer`.
+"""Train FL-I2MoE (or its dense baseline) from a run config with `transformers.Trainer`.
+
+A run config (`hub_configs/*.json`, read by `load_run_config` into a `RunConfig`) holds the model's
+fields at the top level, plus a `dataset` section (loader, data folder, loader options, selection
+metric) and a `training` section (`TrainingArguments` fields). Only the model's fields reach
+`FLI2MoEConfig`, so a checkpoint's `config.json` carries no data folders or training settings; the run's
+sections are recorded in `run.json` next to the checkpoint.
 
 `run_training` does what `fli2moe train` does: check everything that can be checked before long
 work starts, load the raw dataset, read or build the feature cache, train with Trainer (evaluating
@@ -84,8 +90,22 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def load_run_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> FLI2MoEConfig:
-    """Read a hub config (JSON), apply `key=value` overrides, and validate every key."""
+@dataclass
+class RunConfig:
+    """A run config: the model's config and the two sections only the training command reads."""
+
+    model: FLI2MoEConfig
+    dataset: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As a run config file holds it: the model's fields, plus `dataset` and `training`."""
+        return {**self.model.to_dict(), "dataset": dict(self.dataset), "training": dict(self.training)}
+
+
+def load_run_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a run config (JSON), apply `key=value` overrides (`hidden_size=64`, `training.seed=1`,
+    `dataset.data_dir=...`), and validate every key."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found; the shipped ones are in hub_configs/")
@@ -104,12 +124,12 @@ def load_run_config(path: str | os.PathLike, overrides: list[str] | tuple[str, .
     return config_from_dict(data, source=str(path))
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> FLI2MoEConfig:
-    """Build and validate a config; unknown keys raise, naming the known ones."""
+def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build and validate a run config; unknown keys raise, naming the known ones."""
     import inspect
 
     allowed = set(inspect.signature(FLI2MoEConfig.__init__).parameters) - {"self", "kwargs"}
-    allowed |= _CONFIG_EXTRA_KEYS
+    allowed |= _CONFIG_EXTRA_KEYS | {"dataset", "training"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ValueError(
@@ -141,8 +161,9 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> FLI2MoECon
         raise ValueError(f"{source}: dataset.options must be a mapping of loader keyword arguments, got {dataset['options']!r}")
     if dataset.get("loader"):
         check_loader_options(dataset["loader"], dataset.get("options") or {}, source)
-    clean = {k: v for k, v in data.items() if k not in {"architectures", "auto_map", "model_type", "transformers_version"}}
-    return FLI2MoEConfig(**clean)
+    skip = {"architectures", "auto_map", "model_type", "transformers_version", "dataset", "training"}
+    model = FLI2MoEConfig(**{k: v for k, v in data.items() if k not in skip})
+    return RunConfig(model=model, dataset=dict(dataset), training=dict(training))
 
 
 def _accepted_types(annotation: Any) -> tuple[type, ...] | None:
@@ -254,8 +275,9 @@ def check_encoders_installed(config: FLI2MoEConfig) -> None:
             )
 
 
-def check_labels(config: FLI2MoEConfig, dataset) -> FLI2MoEConfig:
-    """Make the config's labels agree with the dataset's (or fill them from it when the config has none)."""
+def check_labels(config: FLI2MoEConfig, dataset, loader: str | None = None) -> FLI2MoEConfig:
+    """Make the config's labels agree with the dataset's (or fill them from it when the config has none);
+    `loader` names the dataset loader, whose declared label names a multi-hot column cannot carry."""
     from datasets import ClassLabel, Sequence
 
     train = dataset["train"]
@@ -270,7 +292,7 @@ def check_labels(config: FLI2MoEConfig, dataset) -> FLI2MoEConfig:
         if not names:  # a multi-hot column cannot name its labels: the loader declares them
             from .data import LABEL_NAMES
 
-            declared = list(LABEL_NAMES.get((config.dataset or {}).get("loader") or "", ()))
+            declared = list(LABEL_NAMES.get(loader or "", ()))
             names = declared if len(declared) == width else [str(i) for i in range(width)]
         problem = "multi_label_classification"
     else:
@@ -301,12 +323,20 @@ class TrainingResult:
     train_metrics: dict[str, float] = field(default_factory=dict)
 
 
+def run_dataset_section(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The `dataset` section of the run that trained a checkpoint folder (recorded in its `run.json`), or {}."""
+    record = _read_json(Path(checkpoint) / RUN_FILE)
+    config = record.get("config") if isinstance(record, dict) else None
+    section = config.get("dataset") if isinstance(config, dict) else None
+    return dict(section) if isinstance(section, dict) else {}
+
+
 def _default_cache_dir() -> Path:
     return Path(os.environ.get("FLI2MOE_CACHE", Path.home() / ".cache" / "fli2moe")) / "features"
 
 
-def selection_metric(config: FLI2MoEConfig) -> str:
-    ds = config.dataset or {}
+def selection_metric(run: RunConfig) -> str:
+    ds = run.dataset
     return ds.get("selection_metric") or SELECTION_METRICS.get(ds.get("name", ""), "accuracy")
 
 
@@ -448,14 +478,17 @@ def find_resume_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
-def _full_config(config: FLI2MoEConfig | dict[str, Any]) -> dict[str, Any]:
-    """A config as a comparable dict: every field with defaults filled in, the training defaults merged."""
-    data = config.to_dict() if hasattr(config, "to_dict") else FLI2MoEConfig(**{
-        k: v for k, v in config.items() if k not in {"architectures", "auto_map", "model_type", "transformers_version"}
+def _full_config(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
+    """A run config as a comparable dict: every model field with defaults filled in, the training defaults
+    merged."""
+    raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    data = FLI2MoEConfig(**{
+        k: v for k, v in raw.items()
+        if k not in {"architectures", "auto_map", "model_type", "transformers_version", "dataset", "training"}
     }).to_dict()  # fmt: skip
     data["num_labels"] = len(data.get("id2label") or {}) or data.get("num_labels")
-    data["training"] = dict(TRAINING_DEFAULTS, **(data.get("training") or {}))
-    data["dataset"] = dict(data.get("dataset") or {})
+    data["training"] = dict(TRAINING_DEFAULTS, **(raw.get("training") or {}))
+    data["dataset"] = dict(raw.get("dataset") or {})
     return data
 
 
@@ -476,7 +509,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[t
     return out
 
 
-def _check_resume(resume: bool | str, output_dir: Path, config: FLI2MoEConfig) -> str:
+def _check_resume(resume: bool | str, output_dir: Path, config: RunConfig) -> str:
     """Find the checkpoint to resume from; refuse an incomplete one, or one made with another model or other
     hyper-parameters (resuming would mix two settings in one run, and the card would list only the new ones)."""
     if resume is True:
@@ -493,7 +526,13 @@ def _check_resume(resume: bool | str, output_dir: Path, config: FLI2MoEConfig) -
     problem = checkpoint_problem(path)
     if problem is not None:
         raise ValueError(f"--resume: checkpoint {path} is incomplete ({problem}); resume from an earlier checkpoint")
-    saved = _full_config(json.loads((path / "config.json").read_text()))
+    saved_run = json.loads((path / "config.json").read_text())  # the model only
+    records = [_read_json(folder / RUN_FILE) for folder in (path, path.parent)]
+    record = next((r["config"] for r in records if isinstance(r, dict) and isinstance(r.get("config"), dict)), None)
+    # the run's dataset and training sections, from its run.json; a checkpoint folder without one is
+    # compared on the model alone
+    saved_run.update({k: (record or config.to_dict()).get(k) or {} for k in ("dataset", "training")})
+    saved = _full_config(saved_run)
     current = _full_config(config)
     diffs = config_differences(saved, current)
     arch = [k for k, _, _ in diffs if k in _RESUME_MODEL_KEYS]
@@ -513,7 +552,7 @@ def _check_resume(resume: bool | str, output_dir: Path, config: FLI2MoEConfig) -
     return str(path)
 
 
-def write_run_record(output_dir: Path, config: FLI2MoEConfig, *, status: str, resumed_from: str | None = None,
+def write_run_record(output_dir: Path, config: RunConfig, *, status: str, resumed_from: str | None = None,
                      **extra: Any) -> None:
     """`run.json`: what ran (command, config, status, resumes), next to the checkpoints."""
     import socket
@@ -619,14 +658,15 @@ class SafeCheckpointTrainer(Trainer):
 
 
 def run_training(
-    config: FLI2MoEConfig,
+    config: RunConfig | FLI2MoEConfig,
     *,
     output_dir: str | os.PathLike = "outputs/run",
     resume: bool | str = False,
     overwrite: bool = False,
     **kwargs: Any,
 ) -> TrainingResult:
-    """Train and evaluate from a config; returns the test metrics and where the checkpoint is.
+    """Train and evaluate from a run config (a bare `FLI2MoEConfig` is a run with empty `dataset` and
+    `training` sections); returns the test metrics and where the checkpoint is.
 
     The output folder is locked for the whole run (a second run into it fails, naming this one), and a
     folder holding an earlier run is refused unless `resume` (continue it) or `overwrite` (delete it
@@ -645,7 +685,7 @@ def run_training(
 
 
 def _run_training(
-    config: FLI2MoEConfig,
+    config: RunConfig | FLI2MoEConfig,
     *,
     data_dir: str | os.PathLike | None = None,
     output_dir: Path,
@@ -659,14 +699,15 @@ def _run_training(
     from .feature_cache import cache_features, modality_means
     from .metrics import make_compute_metrics
 
-    ds_cfg = dict(config.dataset or {})
+    run = config if isinstance(config, RunConfig) else RunConfig(config)
+    config, ds_cfg = run.model, dict(run.dataset)
     output_dir = Path(output_dir)
     # ---- pre-flight: everything checkable before long work
     check_encoders_installed(config)
     if raw_dataset is None:
         loader_name = ds_cfg.get("loader")
         if not loader_name:
-            raise ValueError("config.dataset.loader is not set; name one of the dataset loaders (e.g. 'mmimdb')")
+            raise ValueError("the run config's dataset.loader is not set; name one of the dataset loaders (e.g. 'mmimdb')")
         loader = get_loader(loader_name)
         root = data_dir if data_dir is not None else ds_cfg.get("data_dir")
         if root is not None and not Path(root).exists():
@@ -679,19 +720,19 @@ def _run_training(
     if is_main_process():  # after the input checks: their errors come first
         prepare_output_dir(output_dir, resume=resume, overwrite=overwrite)
     if resume:
-        resume = _check_resume(resume, output_dir, config)
+        resume = _check_resume(resume, output_dir, run)
     if raw_dataset is None:
         options = ds_cfg.get("options") or {}
         check_loader_options(loader_name, options)
         raw_dataset = loader(root, **options)
     check_splits(raw_dataset, config)
-    config = check_labels(config, raw_dataset)
-    metric = selection_metric(config)
+    config = check_labels(config, raw_dataset, ds_cfg.get("loader"))
+    metric = selection_metric(run)
     check_selection_metric(config, metric, make_compute_metrics(config.problem_type))
 
     # ---- Trainer arguments (first: they set up the processes under accelerate launch)
     train_cfg = dict(TRAINING_DEFAULTS)
-    train_cfg.update(config.training or {})
+    train_cfg.update(run.training)
     check_training_values(train_cfg)
     use_bf16 = train_cfg.pop("bf16", "auto")
     if use_bf16 == "auto":
@@ -701,7 +742,7 @@ def _run_training(
     except (TypeError, ValueError) as err:
         raise ValueError(f"the training section is not valid for transformers.TrainingArguments: {err}") from None
     if is_main_process():
-        write_run_record(output_dir, config, status="running", resumed_from=str(resume) if resume else None)
+        write_run_record(output_dir, run, status="running", resumed_from=str(resume) if resume else None)
 
     # ---- features: read the cache or encode once (the main process first, the others then read it)
     cache_root = Path(cache_dir or ds_cfg.get("cache_dir") or _default_cache_dir())
@@ -728,8 +769,8 @@ def _run_training(
     trainer.save_state()
     trainer.save_model(str(output_dir))  # the best model (load_best_model_at_end), config and remote code
     if trainer.is_world_process_zero():
-        _finish_checkpoint(output_dir, config, test_metrics, args)
-        write_run_record(output_dir, config, status="finished", best_checkpoint=trainer.state.best_model_checkpoint,
+        _finish_checkpoint(output_dir, run, test_metrics, args)
+        write_run_record(output_dir, run, status="finished", best_checkpoint=trainer.state.best_model_checkpoint,
                          test_metrics=test_metrics)
     return TrainingResult(
         output_dir=output_dir,
@@ -756,8 +797,9 @@ def _training_arguments(output_dir: Path, metric: str, bf16: bool, train_cfg: di
     )
 
 
-def _finish_checkpoint(output_dir: Path, config: FLI2MoEConfig, test_metrics: dict, args: TrainingArguments) -> None:
+def _finish_checkpoint(output_dir: Path, run: RunConfig, test_metrics: dict, args: TrainingArguments) -> None:
     """Processor files and the model card next to the weights, so the folder pushes as it is."""
+    config = run.model
     from .hub import write_model_card
     from .processing_fli2moe import FLI2MoEProcessor
 
@@ -765,7 +807,7 @@ def _finish_checkpoint(output_dir: Path, config: FLI2MoEConfig, test_metrics: di
         FLI2MoEProcessor(config, load_encoders=False).save_pretrained(output_dir)
     except TypeError:
         FLI2MoEProcessor(config).save_pretrained(output_dir)
-    ds = config.dataset or {}
+    ds = run.dataset
     write_model_card(
         output_dir,
         config=config,

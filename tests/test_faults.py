@@ -158,7 +158,7 @@ def test_feature_cache_file_is_locked_while_written(tiny_dirs, mmimdb, tmp_path)
     from modeling_fli2moe.data import load_mmimdb
     from modeling_fli2moe.feature_cache import cache_features
 
-    config = load_run_config(_tiny_hub_config("mmimdb", tiny_dirs, tmp_path))
+    config = load_run_config(_tiny_hub_config("mmimdb", tiny_dirs, tmp_path)).model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         raw = load_mmimdb(mmimdb)
@@ -261,7 +261,7 @@ def cached(tiny_dirs, mmimdb, tmp_path):  # noqa: F811
     from modeling_fli2moe.data import load_mmimdb
     from modeling_fli2moe.feature_cache import cache_features
 
-    config = load_run_config(_tiny_hub_config("mmimdb", tiny_dirs, tmp_path))
+    config = load_run_config(_tiny_hub_config("mmimdb", tiny_dirs, tmp_path)).model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         raw = load_mmimdb(mmimdb)

@@ -32,7 +32,7 @@ def checkpoint(tmp_path_factory):
     """A small untrained FL-I2MoE over the real offline encoders (the app only needs a valid checkpoint)."""
     from modeling_fli2moe.training import load_run_config
 
-    cfg = load_run_config(ROOT / "hub_configs" / "planted.json", ["hidden_size=16", "router_hidden_size=16"])
+    cfg = load_run_config(ROOT / "hub_configs" / "planted.json", ["hidden_size=16", "router_hidden_size=16"]).model
     torch.manual_seed(0)
     model = FLI2MoEModel(cfg)
     model.set_modality_means({"text": torch.randn(384) * 0.1, "image": torch.rand(1280)})

@@ -168,14 +168,18 @@ def test_resume_from_an_incompatible_checkpoint_is_refused(trained, planted_dir,
 
 
 def test_overrides_and_config_validation():
-    cfg = load_run_config(ROOT / "hub_configs" / "mmimdb.json", ["training.num_train_epochs=3", "dropout=0.25"])
-    assert cfg.training["num_train_epochs"] == 3 and cfg.dropout == 0.25
-    assert cfg.num_labels == 23 and cfg.problem_type == "multi_label_classification"
+    run = load_run_config(ROOT / "hub_configs" / "mmimdb.json", ["training.num_train_epochs=3", "dropout=0.25"])
+    assert run.training["num_train_epochs"] == 3 and run.model.dropout == 0.25
+    assert run.model.num_labels == 23 and run.model.problem_type == "multi_label_classification"
+    assert run.dataset == {"name": "mmimdb", "loader": "mmimdb", "data_dir": "data/mmimdb", "selection_metric": "macro_f1"}
     for name in ("mmimdb", "enrico", "mmhs150k", "planted"):
         for suffix in ("", "_dense"):
             c = load_run_config(ROOT / "hub_configs" / f"{name}{suffix}.json")
-            assert c.mixture == ("dense" if suffix else "interaction")
-    assert load_run_config(ROOT / "hub_configs" / "enrico.json").router_layers == 3
+            assert c.model.mixture == ("dense" if suffix else "interaction")
+            # the model config holds the model only: no data folder or training settings in config.json
+            saved = c.model.to_dict()
+            assert "dataset" not in saved and "training" not in saved and "data_dir" not in json.dumps(saved)
+    assert load_run_config(ROOT / "hub_configs" / "enrico.json").model.router_layers == 3
 
 
 def test_bf16_mixed_precision_trains(tmp_path):

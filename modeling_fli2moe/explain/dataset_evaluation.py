@@ -36,12 +36,12 @@ def _load(checkpoint: str | os.PathLike):
 def _cached_split(model, split: str, data_dir: str | None, cache_dir: str | None):
     from ..data import get_loader
     from ..feature_cache import cache_features
-    from ..training import _default_cache_dir
+    from ..training import _default_cache_dir, run_dataset_section
 
-    ds_cfg = model.config.dataset or {}
+    ds_cfg = run_dataset_section(model.name_or_path)
     loader = ds_cfg.get("loader")
     if not loader:
-        raise ValueError("the checkpoint's config names no dataset loader (config.dataset.loader); cannot load a split")
+        raise ValueError("the checkpoint folder records no dataset loader (its run.json from `fli2moe train`); cannot load a split")
     root = data_dir or ds_cfg.get("data_dir")
     if root is not None and not Path(root).exists():
         raise FileNotFoundError(f"data directory {root} does not exist; pass --data-dir")
