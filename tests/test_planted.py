@@ -66,7 +66,7 @@ def test_splits_kinds_and_labels_balanced(planted):
     train = planted["train"].remove_columns("image").to_list()
     for kind in PLANTED_KINDS:
         labels = Counter(r["label"] for r in train if r["kind"] == kind)
-        assert labels[0] == labels[1] == 9  # 7 + 2 ambiguous twins
+        assert labels[0] == labels[1] == 7
     syn = [r for r in train if r["kind"] == "synergy" and r["evidence_word"] and r["evidence_object"]]
     combos = Counter((r["evidence_word"], r["evidence_object"]) for r in syn)
     assert len(combos) == 4 and max(combos.values()) - min(combos.values()) <= 1
