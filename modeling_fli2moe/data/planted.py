@@ -23,8 +23,8 @@ shape family and no colour with any evidence object (thin grey strokes: zigzag, 
 hatch), so no look-alike of an evidence object can stand in for it. Shapes sit in distinct,
 non-touching cells. The number of phrases and of shapes does not depend on whether a cue is
 present, so counts reveal nothing. With ``ambiguous_fraction`` > 0 a fraction of the *train*
-examples of every kind miss their evidence and appear once with each label, so a model must read
-each cue's value from the cue itself, not from the absence of the other value. With ``redundancy_dropout`` > 0 a fraction of the *train*
+examples of every kind miss their evidence and carry a coin-flip label, so a model must read each
+cue's value from the cue itself, not from the absence of the other value. With ``redundancy_dropout`` > 0 a fraction of the *train*
 redundancy examples keeps only one of the two cues (the other replaced by a filler phrase or a
 distractor shape), so a model must learn to read each cue alone; validation and test
 redundancy examples always carry both.
@@ -465,10 +465,9 @@ def make_planted(
     ``n_phrases``: caption phrases after the opener (evidence phrase included).
     ``redundancy_dropout``: fraction of *train* redundancy examples that keep one cue only.
     ``ambiguous_fraction``: fraction of *train* examples of every kind whose evidence is missing
-    (synergy: one cue or both; other kinds: all), each present twice, once with each label, so that
-    the best a model can say without the evidence is 50/50 (a coin-flip label could be memorised). A
-    model must then read a bit from the cue itself, not from the *absence* of the other value (e.g.
-    "no green circle" for "orange cross"), which masking a token would never undo.
+    (synergy: one cue or both; other kinds: all) with a balanced random label, so that a model learns
+    that no evidence means no answer and cannot read a bit from a cue's *absence* (e.g. "no green
+    circle" for "orange cross"), which masking a token would then never undo.
     ``tokenizer``: ``"auto"`` (the offline all-MiniLM-L6-v2 tokenizer if installed, else the
     one-token-per-word rule, identical for it), ``None`` (that rule) or a fast transformers
     tokenizer whose positions to record. Columns: ``id``, ``text``, ``image``, ``label``,
@@ -540,24 +539,18 @@ def make_planted(
                     w, o = cues[i]
                     cues[i] = (w, None) if k % 2 == 0 else (None, o)
             labels: list[int | None] = [None] * n
-            twins: set[int] = set()
             if split == "train" and ambiguous_fraction > 0:
                 pool = [i for i in rng.permutation(n).tolist() if kind != "redundancy" or None not in cues[i]]
-                half = int(round(ambiguous_fraction * n)) // 2
-                chosen = [i for i in pool if planted_label(kind, *cues[i]) == 0][:half]
-                chosen += [i for i in pool if planted_label(kind, *cues[i]) == 1][:half]
-                for k, i in enumerate(sorted(chosen)):
+                for k, i in enumerate(pool[: int(round(ambiguous_fraction * n))]):
                     w, o = cues[i]
+                    # the label of the full cues, now independent of what is left: a coin flip to the model
                     labels[i] = planted_label(kind, w, o)
-                    twins.add(i)
                     if kind == "synergy":  # one cue or both missing: the XOR is undefined
                         cues[i] = ((None, o), (w, None), (None, None))[k % 3]
                     else:
                         cues[i] = (None, None)
-            for i, ((w, o), label) in enumerate(zip(cues, labels)):
+            for (w, o), label in zip(cues, labels):
                 rows.append(_example(kind, w, o, image_size, PLANTED_GRID_SIZE, n_objects, n_phrases, rng, label))
-                if i in twins:  # the same input once more with the other label: no answer beats a coin flip
-                    rows.append({**rows[-1], "label": 1 - rows[-1]["label"]})
         order = rng.permutation(len(rows))
         rows = [rows[i] for i in order]
         positions = text_positions_for([r["text"] for r in rows], [r["text_spans"] for r in rows], tokenizer)
