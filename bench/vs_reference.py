@@ -482,7 +482,7 @@ def main() -> None:
 
     print(f"\n| phase | shape | {' | '.join(side_names)} | "
           + " | ".join(f"{n.split()[-1]} / ref" for n in side_names if n != "reference") + " | target | met |")
-    print("|---" * (3 + 2 * len(side_names) + (0 if build else 0)) + "|---|")
+    print("|---" * (4 + len(side_names) + len([n for n in side_names if n != "reference"])) + "|")
     verdicts = []
     for row in rows:
         if row["kind"] == "game":
