@@ -110,7 +110,7 @@ def survival(ckpt: Path, rows, n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=160, help="synergy examples for the probes")
+    parser.add_argument("--n", type=int, default=160, help="synergy examples for the probes (0 = skip them)")
     parser.add_argument("--n-survival", type=int, default=20, help="examples per checkpoint for the survival audit")
     parser.add_argument("--checkpoint", nargs="*", default=[])
     parser.add_argument("--data-dir", default=str(ROOT / "outputs" / "planted" / "data"))
@@ -120,9 +120,10 @@ def main() -> None:
 
     data = Path(args.data_dir)
     ds = load_planted(data) if (data / "dataset_dict.json").is_file() else make_planted(300, random_state=0)
-    train = [r for r in ds["train"] if r["kind"] == "synergy"][: args.n]
-    print(f"1. cue decodability, {len(train)} synergy examples (5-fold logistic probes)")
-    decodability(train, 5)
+    train = [r for r in ds["train"] if r["kind"] == "synergy" and r["evidence_word"] and r["evidence_object"]][: args.n]
+    if train:
+        print(f"1. cue decodability, {len(train)} synergy examples (5-fold logistic probes)")
+        decodability(train, 5)
     rows = [r for r in ds["test"] if r["kind"] in ("synergy", "redundancy")]
     for ckpt in args.checkpoint:
         print("2. masking survival of the planted tokens")

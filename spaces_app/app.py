@@ -195,7 +195,7 @@ def explain(image, caption, budget, n_candidates, seed, progress=gr.Progress()):
     import matplotlib.pyplot as plt
 
     service = SERVICE
-    image, caption, notes = _check_inputs(image, caption, service)
+    image, caption, notes_in = _check_inputs(image, caption, service)
     progress(0.05, desc="encoding the caption and the image")
 
     def report(frac: float, desc: str) -> None:
@@ -212,7 +212,10 @@ def explain(image, caption, budget, n_candidates, seed, progress=gr.Progress()):
     except ValueError as err:
         raise gr.Error(str(err)) from None
     progress(0.97, desc="drawing")
-    notes = notes + list(exp.notes)
+    kinds = ", ".join(f"{m} {k}" for m, k in exp.feature_locality.items())
+    notes = [f"Features: {kinds} (local: a token's feature depends on that token alone, so masking it removes its "
+             "evidence; contextual: every token has seen the whole input, so evidence leaks between tokens)."]
+    notes += list(notes_in) + list(exp.notes)
 
     routing = plt.figure(figsize=(5, 2.6))
     ax = routing.add_subplot(111)
@@ -292,8 +295,8 @@ def build_demo() -> gr.Blocks:
                 preview = gr.Image(label="Your image", interactive=False, height=220)
                 caption = gr.Textbox(label="Caption", lines=2, elem_id="caption")
                 with gr.Accordion("Settings", open=False):
-                    budget = gr.Slider(256, 8192, value=1024, step=256, label="Budget (coalition evaluations)")
-                    n_candidates = gr.Slider(2, 16, value=8, step=1, label="Candidates per modality")
+                    budget = gr.Slider(256, 8192, value=2048, step=256, label="Budget (coalition evaluations)")
+                    n_candidates = gr.Slider(2, 16, value=6, step=1, label="Candidates per modality")
                     seed = gr.Number(value=0, precision=0, label="Seed")
                 button = gr.Button("Explain", variant="primary", elem_id="explain-button")
                 if examples:

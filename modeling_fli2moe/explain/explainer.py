@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..encoders import feature_locality
+from ..precision import autocast_dtype_for
 from .attribution import ATTRIBUTION_METHODS, attribute
 from .explanation import Explanation, InteractionPair, grid_shape
 from .game import OUTPUTS, FeatureGame, RandomState, check_random_state, eval_mode, word_groups
@@ -39,7 +40,9 @@ class Explainer:
         output: the games' value: `log_odds` (shift-invariant for softmax heads), `logit` or `probability`.
         players: `words` (word-pieces of one word form one player, from the processor's `word_ids`) or
             `tokens` (every token is a player).
-        autocast_dtype: evaluate coalitions under autocast (e.g. `torch.bfloat16` where bf16 is native).
+        autocast_dtype: evaluate coalitions under autocast: `"auto"` (the default: bf16 where it is native
+            on the model's device, i.e. CUDA or a CPU with avx512_bf16 or AMX; fp32 elsewhere), a dtype
+            such as `torch.bfloat16`, or None for fp32.
         chunk_size: coalitions per forward pass.
     """
 
@@ -51,7 +54,7 @@ class Explainer:
         candidates: str = "occlusion",
         output: str = "log_odds",
         players: str = "words",
-        autocast_dtype: torch.dtype | None = None,
+        autocast_dtype: torch.dtype | str | None = "auto",
         chunk_size: int = 512,
     ) -> None:
         if method not in ATTRIBUTION_METHODS:
@@ -69,6 +72,10 @@ class Explainer:
         self.candidates = candidates
         self.output = output if model.config.problem_type != "regression" else "logit"
         self.players = players
+        if autocast_dtype == "auto":
+            autocast_dtype = autocast_dtype_for(model.device)
+        elif autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
+            raise ValueError(f"autocast_dtype must be 'auto', a torch.dtype or None, got {autocast_dtype!r}")
         self.autocast_dtype = autocast_dtype
         self.chunk_size = chunk_size
 
