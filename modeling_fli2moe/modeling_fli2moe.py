@@ -118,6 +118,141 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(-2) / m.sum(-2).clamp_min(1.0)
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the experts compute in: autocast's lower precision when autocast is on, else `x`'s."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def fold_norm(
+    norm: StackedLayerNorm, linear: StackedLinear, experts: torch.Tensor | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight `(E, in, out)` and bias `(E, out)` of `linear(norm(x))` as a function of the unit-normalised
+    `x`: the LayerNorm's scale and shift folded into the linear layer (one pass less over the tokens)."""
+    scale, shift, weight, bias = norm.weight, norm.bias, linear.weight, linear.bias
+    if experts is not None:
+        scale, shift, weight, bias = scale[experts], shift[experts], weight[experts], bias[experts]
+    folded = scale.unsqueeze(-1) * weight
+    bias = torch.baddbmm(bias.unsqueeze(1), shift.unsqueeze(1), weight).squeeze(1)
+    return folded.to(dtype), bias.to(dtype)
+
+
+def stacked_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, shared: bool = False) -> torch.Tensor:
+    """`x (E, ..., in)` times `weight (E, in, out)` plus `bias (E, out)`, as `(E, N, out)`; with `shared`,
+    `x (..., in)` is the same input for every expert (not copied)."""
+    e, d_in = weight.shape[0], weight.shape[1]
+    flat = x.reshape(1, -1, d_in).expand(e, -1, -1) if shared else x.reshape(e, -1, d_in)
+    return torch.bmm(flat, weight).add_(bias.unsqueeze(1))
+
+
+def keep_mask(like: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """Bool mask shaped like `like`, true with probability 1 - p (p resolved to 1/65536): 16 random bits per
+    element, drawn 64 bits at a time (several times cheaper than one draw per element)."""
+    n = like.numel()
+    generator = torch.Generator(like.device).manual_seed(seed)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device).random_(-(2**63), 2**63 - 1, generator=generator)
+    return bits.view(torch.int16)[:n].view(like.shape) >= round(p * 65536) - 32768
+
+
+class DropoutAdd(torch.autograd.Function):
+    """`x + dropout(y)` in one pass; backward draws the same mask again from its seed instead of keeping it.
+    `x` may lack the leading (expert) dimension of `y`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor, p: float) -> torch.Tensor:
+        ctx.seed = int(torch.randint(2**62, (1,)))  # from the global generator: reproducible under manual_seed
+        ctx.p, ctx.broadcast = p, x.dim() < y.dim()
+        return torch.addcmul(x, y, keep_mask(y, p, ctx.seed).to(y.dtype), value=1.0 / (1.0 - p))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad_y = grad * keep_mask(grad, ctx.p, ctx.seed)
+        grad_y.mul_(1.0 / (1.0 - ctx.p))
+        return (grad.sum(0) if ctx.broadcast else grad), grad_y, None
+
+
+def dropout_add(x: torch.Tensor, y: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """`x + dropout(y)` (`x` may lack the leading expert dimension)."""
+    if not training or p == 0.0:
+        return x + y
+    if y.device.type != "cpu":
+        return x + F.dropout(y, p, True)
+    return DropoutAdd.apply(x, y, p)
+
+
+class GeluLinear(torch.autograd.Function):
+    """`gelu(h) @ weight + bias` for stacked `h (E, N, in)`, `weight (E, in, out)`, `bias (E, out)`; backward
+    recomputes `gelu(h)` instead of keeping it (the widest activation of the block)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, weight)
+        return torch.bmm(F.gelu(h), weight).add_(bias.unsqueeze(1))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, weight = ctx.saved_tensors
+        grad_weight = torch.bmm(F.gelu(h).transpose(1, 2), grad)
+        grad_h = torch.ops.aten.gelu_backward(torch.bmm(grad, weight.transpose(1, 2)), h)
+        return grad_h, grad_weight, grad.sum(1)
+
+
+class ChunkedAttention(torch.autograd.Function):
+    """Softmax attention over packed `qkv (N, T, 3H)` with an additive key bias `(N, 1, T)`, one head and
+    one chunk of sequences at a time; backward recomputes the probabilities, so nothing of size T x T
+    outlives a chunk. q, k and v are laid out head-major once (the CPU bf16 matmuls copy strided operands
+    on every call). Faster than CPU flash attention in bf16, forward and backward."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, bias: torch.Tensor, num_heads: int, chunk: int) -> torch.Tensor:
+        n, t, h = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        d = h // num_heads
+        heads = qkv.view(n, t, 3, num_heads, d).permute(2, 3, 0, 1, 4).contiguous()  # (3, heads, N, T, d)
+        out = qkv.new_empty(n, t, num_heads, d)
+        for rows in (slice(s, s + chunk) for s in range(0, n, chunk)):
+            for i in range(num_heads):
+                q, k, v = heads[:, i, rows]
+                probs = torch.baddbmm(bias[rows], q, k.transpose(1, 2), alpha=d**-0.5).softmax(-1)
+                out[rows, :, i] = torch.bmm(probs, v)
+        ctx.save_for_backward(heads, bias)
+        ctx.chunk = chunk
+        return out.view(n, t, h)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        heads, bias = ctx.saved_tensors
+        num_heads, n, t, d = heads.shape[1:]
+        grad_heads = grad_out.view(n, t, num_heads, d).permute(2, 0, 1, 3).to(heads.dtype).contiguous()
+        grad = torch.empty_like(heads)
+        for rows in (slice(s, s + ctx.chunk) for s in range(0, n, ctx.chunk)):
+            for i in range(num_heads):
+                q, k, v = heads[:, i, rows]
+                go = grad_heads[i, rows]
+                probs = torch.baddbmm(bias[rows], q, k.transpose(1, 2), alpha=d**-0.5).softmax(-1)
+                torch.bmm(probs.transpose(1, 2), go, out=grad[2, i, rows])
+                scores = torch._softmax_backward_data(torch.bmm(go, v.transpose(1, 2)), probs, -1, probs.dtype)
+                scores.mul_(d**-0.5)
+                torch.bmm(scores, k, out=grad[0, i, rows])
+                torch.bmm(scores.transpose(1, 2), q, out=grad[1, i, rows])
+        return grad.permute(2, 3, 0, 1, 4).reshape(n, t, 3 * num_heads * d), None, None, None
+
+
+def attention(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Multi-head attention over packed `qkv (E, B, T, 3H)` with `key_mask (B, T)` (true = attend), as
+    `(E, B, T, H)`: `ChunkedAttention` for bf16/fp16 on CPU, `scaled_dot_product_attention` otherwise."""
+    e, b, t, h = qkv.shape[0], qkv.shape[1], qkv.shape[2], qkv.shape[3] // 3
+    if qkv.device.type == "cpu" and qkv.dtype in (torch.bfloat16, torch.float16):
+        bias = torch.zeros(b, 1, t, dtype=qkv.dtype, device=qkv.device).masked_fill(~key_mask[:, None], float("-inf"))
+        bias = bias.unsqueeze(0).expand(e, -1, -1, -1).reshape(e * b, 1, t)
+        chunk = max(1, (32 << 20) // (t * t * qkv.element_size()))
+        return ChunkedAttention.apply(qkv.view(e * b, t, 3 * h), bias, num_heads, chunk).view(e, b, t, h)
+    # strided views, no copies: (E*B, heads, T, d)
+    q, k, v = qkv.view(e * b, t, 3, num_heads, h // num_heads).permute(2, 0, 3, 1, 4)
+    mask = key_mask[None, :, None, :].expand(e, b, 1, t).reshape(e * b, 1, 1, t)
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return ctx.transpose(1, 2).reshape(e, b, t, h)
+
+
 class ExpertBlock(nn.Module):
     """One pre-LayerNorm block for all experts: joint self-attention, then a per-modality feed-forward."""
 
@@ -147,23 +282,57 @@ class ExpertBlock(nn.Module):
         experts: torch.Tensor | None = None,
         record_attention: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`x (E, B, T, H)`, `key_mask (B, T)` bool (true = attend). Returns the new `x` and, if asked,
-        the attention probabilities `(E, B, heads, T, T)`."""
+        """`x (E, B, T, H)`, or `(B, T, H)` when every expert gets the same input; `key_mask (B, T)` bool
+        (true = attend). Returns the new `x (E, B, T, H)` and, if asked, the attention probabilities
+        `(E, B, heads, T, T)`."""
+        if record_attention:
+            return self.forward_recorded(x, key_mask, segments, experts)
+        shared = x.dim() == 3
+        b, t, h = x.shape[-3:]
+        p = self.dropout.p if self.training else 0.0
+        weight, bias = fold_norm(self.attn_norm, self.qkv, experts, x.dtype)
+        e = weight.shape[0]
+        qkv = stacked_matmul(F.layer_norm(x, (h,), eps=self.attn_norm.eps), weight, bias, shared)
+        ctx = attention(qkv.view(e, b, t, 3 * h), key_mask, self.num_heads)
+        out_weight, out_bias = self._weights(self.attn_out, experts, x.dtype)
+        x = dropout_add(x, stacked_matmul(ctx, out_weight, out_bias).view(e, b, t, h), p, self.training)
+
+        normed = F.layer_norm(x, (h,), eps=self.ffn_norm.eps)
+        # split (not slicing): its backward is one concatenation instead of zero-filled full-size gradients
+        parts = normed.split([end - start for start, end in segments], dim=2)
+        ffn = []
+        for part, fin, fout in zip(parts, self.ffn_in, self.ffn_out):
+            w_in, b_in = fold_norm(self.ffn_norm, fin, experts, x.dtype)
+            w_out, b_out = self._weights(fout, experts, x.dtype)
+            hidden = stacked_matmul(part, w_in, b_in)
+            ffn.append(GeluLinear.apply(hidden, w_out, b_out).view(e, b, part.shape[2], h))
+        return dropout_add(x, torch.cat(ffn, dim=2), p, self.training), None
+
+    @staticmethod
+    def _weights(linear: StackedLinear, experts: torch.Tensor | None, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        weight, bias = linear.weight, linear.bias
+        if experts is not None:
+            weight, bias = weight[experts], bias[experts]
+        return weight.to(dtype), bias.to(dtype)
+
+    def forward_recorded(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor,
+        segments: Sequence[tuple[int, int]],
+        experts: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same block in eager attention, returning the probabilities `(E, B, heads, T, T)` that the
+        computation uses (so that gradients with respect to them are defined)."""
+        if x.dim() == 3:
+            x = x.expand(self.qkv.num_experts if experts is None else int(experts.numel()), *x.shape)
         e, b, t, h = x.shape
         qkv = self.qkv(self.attn_norm(x, experts), experts)  # (E, B, T, 3H)
-        probs = None
-        if record_attention:
-            q, k, v = qkv.view(e, b, t, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)  # (E, B, heads, T, d)
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            scores = scores.masked_fill(~key_mask[None, :, None, None, :], torch.finfo(scores.dtype).min)
-            probs = scores.softmax(dim=-1)
-            ctx = (probs @ v).transpose(2, 3).reshape(e, b, t, h)
-        else:
-            # strided views, no copies: (E*B, heads, T, d)
-            q, k, v = qkv.view(e * b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            mask = key_mask[None, :, None, :].expand(e, b, 1, t).reshape(e * b, 1, 1, t)
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            ctx = ctx.transpose(1, 2).reshape(e, b, t, h)
+        q, k, v = qkv.view(e, b, t, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)  # (E, B, heads, T, d)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        scores = scores.masked_fill(~key_mask[None, :, None, None, :], torch.finfo(scores.dtype).min)
+        probs = scores.softmax(dim=-1)
+        ctx = (probs @ v).transpose(2, 3).reshape(e, b, t, h)
         x = x + self.dropout(self.attn_out(ctx, experts))
 
         normed = self.ffn_norm(x, experts)
@@ -201,20 +370,33 @@ class StackedExperts(nn.Module):
         # a row with no valid token at all attends to everything (its outputs are pooled to zero anyway),
         # so that softmax never sees an all-masked row (no NaN)
         key_mask = token_mask | ~token_mask.any(dim=-1, keepdim=True)
-        x = hidden.unsqueeze(0).expand(e, *hidden.shape)
-        maps = []
-        for layer in self.layers:
-            x, probs = layer(x, key_mask, segments, experts, record_attention)
-            if record_attention:
-                maps.append(probs)
-        x = self.final_norm(x, experts)
-        # masked mean of every modality in one matmul: (B, M, T) pooling weights @ (E, B, T, H)
-        pool = torch.zeros(token_mask.shape[0], len(segments), token_mask.shape[1], dtype=x.dtype, device=x.device)
-        for m, (start, end) in enumerate(segments):
-            pool[:, m, start:end] = token_mask[:, start:end].to(x.dtype)
-        pool = pool / pool.sum(-1, keepdim=True).clamp_min(1.0)
-        latents = (pool.unsqueeze(0) @ x).flatten(-2)  # (E, B, M*H)
-        logits = self.head(latents, experts)
+        dtype = compute_dtype(hidden)
+        # explicit dtypes inside (autocast would cast every activation again before every matmul)
+        with torch.autocast(hidden.device.type, enabled=False):
+            x = hidden.to(dtype)  # the first block reads the same input for every expert: not expanded
+            maps = []
+            for layer in self.layers:
+                x, probs = layer(x, key_mask, segments, experts, record_attention)
+                if record_attention:
+                    maps.append(probs)
+            if x.dim() == 3:
+                x = x.expand(e, *x.shape)
+            # masked mean of every modality in one matmul, (B, M, T) pooling weights @ (E, B, T, H), with the
+            # final LayerNorm's scale and shift applied to the pooled means (fewer tokens than positions)
+            x = F.layer_norm(x, x.shape[-1:], eps=self.final_norm.eps)
+            pool = torch.zeros(token_mask.shape[0], len(segments), token_mask.shape[1], dtype=x.dtype, device=x.device)
+            for m, (start, end) in enumerate(segments):
+                pool[:, m, start:end] = token_mask[:, start:end].to(x.dtype)
+            pool = pool / pool.sum(-1, keepdim=True).clamp_min(1.0)
+            scale, shift = self.final_norm.weight, self.final_norm.bias
+            if experts is not None:
+                scale, shift = scale[experts], shift[experts]
+            present = pool.sum(-1, keepdim=True)  # (B, M, 1): 1, or 0 for a modality without valid tokens
+            latents = torch.addcmul(
+                present * shift.to(dtype)[:, None, None, :], pool.unsqueeze(0) @ x, scale.to(dtype)[:, None, None, :]
+            ).flatten(-2)  # (E, B, M*H)
+            head_weight, head_bias = ExpertBlock._weights(self.head, experts, dtype)
+            logits = stacked_matmul(latents, head_weight, head_bias).view(*latents.shape[:2], -1)
         return logits, latents, (tuple(maps) if record_attention else None)
 
 
