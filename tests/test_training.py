@@ -63,6 +63,9 @@ def test_train_command_writes_a_complete_checkpoint(trained):
     assert 0.0 <= test["test_accuracy"] <= 1.0 and "test_roc_auc" in test and "test_macro_f1" in test
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["id2label"] == {"0": "negative", "1": "positive"}
+    assert "dataset" not in cfg and "training" not in cfg  # the model only; the run's sections are in run.json
+    run = json.loads((out / "run.json").read_text())["config"]
+    assert run["dataset"]["loader"] == "planted" and run["training"]["num_train_epochs"] == 2
     assert cfg["modalities"][1]["encoder"]["type"] == "efficientnet-lite0"
     means = load_file(out / "model.safetensors")["modality_means.image"]
     assert means.shape == (1280,) and means.abs().sum() > 0  # the dataset-mean token travels with the weights
@@ -180,6 +183,19 @@ def test_overrides_and_config_validation():
             saved = c.model.to_dict()
             assert "dataset" not in saved and "training" not in saved and "data_dir" not in json.dumps(saved)
     assert load_run_config(ROOT / "hub_configs" / "enrico.json").model.router_layers == 3
+
+
+def test_old_config_sections_are_dropped(tmp_path):
+    """config.json files of earlier versions carried the run's dataset and training sections: loading one
+    keeps the model and drops them, so re-saving (or pushing) it carries no local data folder."""
+    from modeling_fli2moe import FLI2MoEConfig
+
+    cfg = FLI2MoEConfig(num_labels=2, dataset={"loader": "planted", "data_dir": "/home/me/data"},
+                        training={"seed": 1})  # fmt: skip
+    assert not hasattr(cfg, "dataset") and not hasattr(cfg, "training")
+    cfg.save_pretrained(tmp_path)
+    text = (tmp_path / "config.json").read_text()
+    assert "/home/me/data" not in text and '"training"' not in text and '"dataset"' not in text
 
 
 def test_bf16_mixed_precision_trains(tmp_path):
