@@ -30,6 +30,7 @@ def _train(args: argparse.Namespace) -> int:
         output_dir=args.output_dir or f"outputs/{Path(args.config).stem}",
         cache_dir=args.cache_dir,
         resume=args.resume if args.resume not in (None, "") else False,
+        init_from=args.init_from,
         overwrite=args.overwrite,
     )
     _print_result(result)
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="resume from the last checkpoint in --output-dir, or from the given checkpoint folder")
     train.add_argument("--overwrite", action="store_true",
                        help="delete an earlier run in --output-dir and train from scratch")
+    train.add_argument("--init-from", default=None, metavar="DIR_OR_HUB_ID",
+                       help="start from a checkpoint's weights and mean tokens (fine-tuning); its encoders and "
+                            "modalities must be the config's")
     train.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. training.num_train_epochs=3")
     train.set_defaults(func=_train)
 

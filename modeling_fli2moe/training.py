@@ -670,7 +670,8 @@ def run_training(
 
     The output folder is locked for the whole run (a second run into it fails, naming this one), and a
     folder holding an earlier run is refused unless `resume` (continue it) or `overwrite` (delete it
-    first) is given. Other keyword arguments: `data_dir`, `cache_dir`, `raw_dataset`.
+    first) is given. Other keyword arguments: `data_dir`, `cache_dir`, `raw_dataset`, and `init_from` (a
+    checkpoint folder or Hub id to start from: see `init_model_from`).
     """
     output_dir = Path(output_dir)
     if not is_main_process():  # under accelerate launch the main process holds the lock and checks the folder
@@ -693,6 +694,7 @@ def _run_training(
     resume: bool | str = False,
     overwrite: bool = False,
     raw_dataset=None,
+    init_from: str | os.PathLike | None = None,
 ) -> TrainingResult:
     from .collator import FeatureCollator
     from .data import get_loader
@@ -704,6 +706,8 @@ def _run_training(
     output_dir = Path(output_dir)
     # ---- pre-flight: everything checkable before long work
     check_encoders_installed(config)
+    if init_from is not None:
+        check_init_from(init_from, config)
     if raw_dataset is None:
         loader_name = ds_cfg.get("loader")
         if not loader_name:
@@ -748,11 +752,12 @@ def _run_training(
     cache_root = Path(cache_dir or ds_cfg.get("cache_dir") or _default_cache_dir())
     with args.main_process_first(desc="feature cache"):
         cached = cache_features(raw_dataset, config, cache_root)
-    means = modality_means(cached["train"], config)
-
     torch.manual_seed(args.seed)
     model = FLI2MoEModel(config)
-    model.set_modality_means(means)
+    if init_from is None:
+        model.set_modality_means(modality_means(cached["train"], config))
+    else:  # the checkpoint's weights and mean tokens (its encoders were checked to be this config's)
+        init_model_from(model, init_from)
     trainer = SafeCheckpointTrainer(
         model=model,
         args=args,
@@ -817,3 +822,79 @@ def _finish_checkpoint(output_dir: Path, run: RunConfig, test_metrics: dict, arg
                                                       "per_device_train_batch_size", "seed", "max_grad_norm", "bf16")},
     )
 
+# ------------------------------------------------------------------------------ starting from a checkpoint
+#: config keys that shape the weights: a checkpoint fits only a config that agrees on all of them
+_ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "num_heads", "ffn_multiplier", "router_layers",
+                      "router_hidden_size", "mixture")
+
+
+def _init_config(init_from: str | os.PathLike) -> FLI2MoEConfig:
+    try:
+        return FLI2MoEConfig.from_pretrained(os.fspath(init_from))
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"--init-from {init_from}: no FL-I2MoE checkpoint there ({err}). Pass a folder written by `fli2moe train` "
+            "(or save_pretrained), or a Hub model id that is downloaded (huggingface-cli download ID) or reachable."
+        ) from None
+
+
+def check_init_from(init_from: str | os.PathLike, config: FLI2MoEConfig) -> FLI2MoEConfig:
+    """Check before any long work that the checkpoint's weights fit `config`: the same modalities in the same
+    order, each with the same encoder, feature size and token count, and the same architecture. Returns the
+    checkpoint's config."""
+    from .encoders import resolve_encoder_spec
+
+    source = _init_config(init_from)
+    fix = "use a config with the checkpoint's values, or train from scratch without --init-from"
+    if source.modality_names != config.modality_names:
+        raise ValueError(
+            f"--init-from {init_from}: the checkpoint's modalities are {source.modality_names}, the config's are "
+            f"{config.modality_names}. Its weights belong to those modalities (in that order): {fix}."
+        )
+    for i, (old, new) in enumerate(zip(source.modalities, config.modalities)):
+        name = new["name"]
+        old_spec = resolve_encoder_spec(old) if old.get("encoder") else None
+        new_spec = resolve_encoder_spec(new) if new.get("encoder") else None
+        if old_spec != new_spec:
+            raise ValueError(
+                f"--init-from {init_from}: modality {name!r} was encoded by {old_spec} in the checkpoint but the config "
+                f"names {new_spec}. The checkpoint's projections only fit features of its own encoder: set "
+                f"modalities[{i}].encoder to the checkpoint's, or train from scratch without --init-from."
+            )
+        for key in ("input_dim", "max_tokens"):
+            if old.get(key) != new.get(key):
+                raise ValueError(
+                    f"--init-from {init_from}: modality {name!r} has {key}={old.get(key)} in the checkpoint and "
+                    f"{new.get(key)} in the config: {fix} (modalities[{i}].{key}={old.get(key)})."
+                )
+    diffs = {k: (getattr(source, k), getattr(config, k)) for k in _ARCHITECTURE_KEYS if getattr(source, k) != getattr(config, k)}
+    if diffs:
+        shown = ", ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in diffs.items())
+        overrides = " ".join(f"{k}={json.dumps(a)}" for k, (a, _) in diffs.items())
+        raise ValueError(f"--init-from {init_from}: the architecture differs ({shown}); {fix} (e.g. {overrides}).")
+    return source
+
+
+def init_model_from(model: FLI2MoEModel, init_from: str | os.PathLike) -> FLI2MoEModel:
+    """Copy a checkpoint's weights and mean tokens into `model` (built from the new config, after
+    `check_init_from`). When the label count differs, the experts' classification heads keep their fresh
+    initialisation; everything else must match exactly."""
+    check_init_from(init_from, model.config)
+    source = FLI2MoEModel.from_pretrained(os.fspath(init_from))
+    state = source.state_dict()
+    heads = [k for k in state if k.startswith("experts.head.")]
+    old_labels = [source.config.id2label[i] for i in sorted(source.config.id2label)]
+    new_labels = [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    if len(old_labels) != len(new_labels):
+        logger.warning("--init-from %s: the checkpoint predicts %d labels, this dataset has %d: the classification "
+                       "heads start fresh, everything else from the checkpoint", init_from, len(old_labels), len(new_labels))
+        state = {k: v for k, v in state.items() if k not in heads}
+    elif old_labels != new_labels:
+        logger.warning("--init-from %s: label names differ (checkpoint %s, dataset %s); the heads are kept, label i "
+                       "of the checkpoint becomes label i of the dataset", init_from, old_labels, new_labels)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - set(heads):
+        raise ValueError(f"--init-from {init_from}: its tensors do not fit the model (missing {missing}, unexpected "
+                         f"{unexpected}); re-save it with save_pretrained")
+    logger.info("initialised from %s (%d tensors)", init_from, len(state))
+    return model
