@@ -208,6 +208,27 @@ def patch_cell_groups(
     return groups
 
 
+def memory_chunk_size(model: Any, tokens: int, head: str, fraction: float = 0.25, limit: int = 1024) -> int:
+    """Coalitions per forward pass that fit in `fraction` of the free memory (the CUDA device's, else the
+    host's available memory), at about 24 fp32 activations of width H per token and evaluated expert;
+    at most `limit` (larger chunks do not run faster)."""
+    device = model.device
+    free = None
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration, ValueError):
+            pass
+    if free is None:
+        return 256
+    experts = model.config.num_experts if head == "mixture" else 1
+    per_coalition = 4 * 24 * max(tokens, 1) * model.config.hidden_size * experts
+    return int(max(1, min(limit, fraction * free // per_coalition)))
+
+
 # ------------------------------------------------------------------------------------------------ game
 class FeatureGame:
     """Value function of one example over coalitions of its tokens.
@@ -230,7 +251,7 @@ class FeatureGame:
             `[[player indices], ...]` indexing the ungrouped players (config modality order, positions
             ascending). Groups must be disjoint and stay inside one modality; uncovered players stay
             single. Players are ordered by modality, then by their first position.
-        chunk_size: coalitions per forward pass (memory knob).
+        chunk_size: coalitions per forward pass (memory knob); default: from the free memory.
         autocast_dtype: e.g. `torch.bfloat16` to evaluate under autocast (fast on CPUs with AMX).
 
     Attributes: `players` (list of (modality, first position)), `player_positions` (list of position
@@ -250,14 +271,14 @@ class FeatureGame:
         fill: str = "mean",
         output: str = "logit",
         groups: Mapping[str, Sequence[Sequence[int]]] | Sequence[Sequence[int]] | None = None,
-        chunk_size: int = 512,
+        chunk_size: int | None = None,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
         if fill not in FILLS:
             raise ValueError(f"fill must be one of {list(FILLS)}, got {fill!r}")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {list(OUTPUTS)}, got {output!r}")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
         self.model = model
         self.head = resolve_head(model, head)
@@ -273,6 +294,8 @@ class FeatureGame:
         self.lengths = {n: int(features[n].shape[1]) for n in self.modality_names}
         self.player_token_mask = {n: players[n].cpu() for n in self.modality_names}
         trimmed, masks = model.trim_padding(features, masks)
+        if chunk_size is None:
+            self.chunk_size = memory_chunk_size(model, sum(m.shape[1] for m in masks.values()), self.head)
         self._build_players(groups)
         if self.n_players == 0:
             raise ValueError(
