@@ -137,7 +137,8 @@ class Explainer:
     ) -> Explanation:
         """Explain one example: prediction, routing, attribution maps, top synergistic and redundant pairs.
 
-        `budget` bounds the coalition evaluations of the pair estimates on the mixture; `n_candidates`
+        `budget` bounds the coalition evaluations of the pair search on the mixture (the candidates'
+        occlusion effects and the SII / RG estimates; maps, faithfulness and masking come on top); `n_candidates`
         players per modality (by `candidates`) form the candidate cross-modal pairs; `groups` overrides
         the players (`{modality: [[token positions], ...]}`); `expert_pairs=True` also estimates SII/RG
         with each expert as the value function.
@@ -207,7 +208,12 @@ class Explainer:
                               output=self.output, **game_options)
             candidate_scores = game.player_scores(other.maps["mixture"])
         pairs = self.candidate_pairs(game, candidate_scores, n_candidates)
-        result = shapley_interactions(game, game.n_players, pairs, budget, random_state=rng,
+        if budget <= effects.evaluations:
+            raise ValueError(
+                f"budget={budget} does not cover the candidate search ({effects.evaluations} evaluations for "
+                f"{game.n_players} players) and the pair estimates; raise budget (the default is 2048)"
+            )
+        result = shapley_interactions(game, game.n_players, pairs, budget - effects.evaluations, random_state=rng,
                                       batch_size=self.chunk_size)
         synergy, redundancy = self._ranked_pairs(game, result, tokens, "mixture", top_k)
         evaluations = int(result.evaluations) + effects.evaluations
