@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--data-dir", default=None)
     explain.add_argument("--output-dir", default=None)
     explain.add_argument("--cache-dir", default=None)
-    explain.add_argument("--budget", type=int, default=1024)
+    explain.add_argument("--budget", type=int, default=2048)
     explain.add_argument("--seed", type=int, default=0)
     explain.set_defaults(func=_explain)
 

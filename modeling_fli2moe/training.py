@@ -31,6 +31,7 @@ from .configuration_fli2moe import FLI2MoEConfig
 from .integrity import CheckpointError, verify_checkpoint, write_json_atomic
 from .locking import FileLock
 from .modeling_fli2moe import FLI2MoEModel
+from .precision import bf16_supported
 
 logger = logging.getLogger(__name__)
 
@@ -59,22 +60,6 @@ FIXED_TRAINING_KEYS = frozenset({
     "greater_is_better", "remove_unused_columns", "label_names", "use_cpu",
 })  # fmt: skip
 SELECTION_METRICS = {"mmimdb": "macro_f1"}  # every other dataset: accuracy
-
-
-def amx_available() -> bool:
-    """True when this CPU has AMX tiles for bf16 (where bf16 autocast is several times faster)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read()
-    except OSError:
-        return False
-
-
-def bf16_supported() -> bool:
-    """bf16 is a speed-up on CUDA GPUs that support it and on CPUs with AMX; elsewhere it is emulated (slow)."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return amx_available()
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -821,6 +806,7 @@ def _finish_checkpoint(output_dir: Path, run: RunConfig, test_metrics: dict, arg
         training_args={k: getattr(args, k) for k in ("num_train_epochs", "learning_rate",
                                                       "per_device_train_batch_size", "seed", "max_grad_norm", "bf16")},
     )
+
 
 # ------------------------------------------------------------------------------ starting from a checkpoint
 #: config keys that shape the weights: a checkpoint fits only a config that agrees on all of them
