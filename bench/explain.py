@@ -48,7 +48,7 @@ def timed(fn, repeats: int = 2) -> float:
 
 
 def has_fast_bf16(device: str) -> bool:
-    from modeling_fli2moe.training import bf16_supported
+    from modeling_fli2moe.precision import bf16_supported
 
     return device == "cuda" or bf16_supported()
 

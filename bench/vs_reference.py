@@ -402,7 +402,7 @@ def main() -> None:
         print(json.dumps(child_train(side, shape, args.paper_steps, args.device, args.reference)))
         return
 
-    from modeling_fli2moe.training import bf16_supported
+    from modeling_fli2moe.precision import bf16_supported
 
     parts = set(filter(None, args.only.split(","))) - set(filter(None, args.skip.split(",")))
     skip = {"small", "game", "paper", "curve"} - parts
