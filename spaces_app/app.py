@@ -118,7 +118,10 @@ class ExplainerService:
 
             import torch
 
+            from modeling_fli2moe.integrity import verify_checkpoint
+
             device = "cuda" if torch.cuda.is_available() else "cpu"
+            verify_checkpoint(checkpoint)  # a broken or missing folder is named before transformers sees it
             model = AutoModel.from_pretrained(checkpoint).eval().to(device)
             self.explainer = Explainer(model, FLI2MoEProcessor.from_pretrained(checkpoint, device=device))
             self.config = model.config

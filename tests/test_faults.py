@@ -540,3 +540,16 @@ def test_explainer_uses_eval_mode_even_if_the_model_was_switched_to_train(explai
         exp.model.eval()
     assert again.probabilities == reference.probabilities
     assert [p.sii for p in again.synergy_pairs] == [p.sii for p in reference.synergy_pairs]
+
+
+def test_dataset_explanation_names_a_missing_or_empty_checkpoint(tmp_path):
+    """`fli2moe explain` checks the folder before AutoModel (whose own message does not say what is wrong)."""
+    from modeling_fli2moe.explain.dataset_evaluation import run_dataset_explanation
+    from modeling_fli2moe.integrity import CheckpointError
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_dataset_explanation(tmp_path / "no_such_run")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises((CheckpointError, FileNotFoundError), match="is empty"):
+        run_dataset_explanation(empty)

@@ -30,6 +30,9 @@ def _load(checkpoint: str | os.PathLike):
 
     import modeling_fli2moe  # noqa: F401  (registers the Auto classes)
 
+    from ..integrity import verify_checkpoint
+
+    verify_checkpoint(checkpoint)  # a broken or missing folder is named before transformers sees it
     return AutoModel.from_pretrained(checkpoint).eval()
 
 
