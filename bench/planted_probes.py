@@ -82,6 +82,7 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
 
     import modeling_fli2moe  # noqa: F401
     from modeling_fli2moe.explain import Explainer, FeatureGame, concentration, paired_test
+    from modeling_fli2moe.explain.game import word_groups
     from modeling_fli2moe.processing_fli2moe import FLI2MoEProcessor
 
     model = AutoModel.from_pretrained(ckpt).eval()
@@ -105,8 +106,6 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
         for i, row in enumerate(rows_by_kind[kind]):
             enc = processor({"text": row["text"], "image": row["image"]})
             word_ids = enc["word_ids"]["text"][0]
-            from modeling_fli2moe.explain.game import word_groups
-
             groups = {"text": word_groups(word_ids)} if explainer.players == "words" else None
             inputs = dict(features=enc["features"], attention_mask=enc["attention_mask"],
                           player_mask=enc["player_mask"], tokens={"text": enc["tokens"]["text"][0]}, groups=groups)

@@ -163,7 +163,8 @@ class FLI2MoEProcessor:
         return out
 
     # ------------------------------------------------------------------ encoding
-    def _raw(self, inputs: Mapping[str, Any], modality: Mapping[str, Any]) -> Any:
+    def raw_input(self, inputs: Mapping[str, Any], modality: Mapping[str, Any]) -> Any:
+        """The raw value of one modality in `inputs`, looked up by the modality's name or its dataset column."""
         name, col = modality["name"], modality.get("column", modality["name"])
         for key in (name, col):
             if key in inputs and inputs[key] is not None:
@@ -180,7 +181,7 @@ class FLI2MoEProcessor:
                 f"inputs must be a dict {{modality name: raw inputs}} with keys {self.modality_names}, "
                 f"got {type(inputs).__name__}"
             )
-        batches = {m["name"]: _as_batch(self._raw(inputs, m)) for m in self.config.modalities}
+        batches = {m["name"]: _as_batch(self.raw_input(inputs, m)) for m in self.config.modalities}
         sizes = {n: len(b) for n, b in batches.items()}
         if 0 in sizes.values():
             raise ValueError(f"modality {min(sizes, key=sizes.get)!r} got an empty list of inputs")

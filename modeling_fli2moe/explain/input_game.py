@@ -74,7 +74,7 @@ class InputGame:
                     f"modality {name!r}: the input-level game masks text and images only; its encoder type {kind!r} "
                     "has no raw input to mask (use the feature-level FeatureGame)"
                 )
-            raw = processor._raw(inputs, m)
+            raw = processor.raw_input(inputs, m)
             self._raw[name] = encoder.preprocess([raw])["inputs"]
         self.value_full = float(self(torch.ones(1, self.n_players, dtype=torch.bool))[0])
         self.value_empty = float(self(torch.zeros(1, self.n_players, dtype=torch.bool))[0])
