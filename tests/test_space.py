@@ -144,3 +144,12 @@ def test_browser_upload_type_click_and_see_results(server, planted_example, tmp_
         shutil.copy(shots / "space.png", tmp_path / "space.png")
         browser.close()
     assert (shots / "space.png").stat().st_size > 10_000
+
+
+def test_api_refuses_a_negative_seed_naming_it(server, planted_example):
+    from gradio_client import Client, handle_file
+
+    path, caption, _ = planted_example
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception, match="random_state"):
+        client.predict(handle_file(str(path)), caption, 512, 4, -1, api_name="/explain")
