@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .configuration_fli2moe import FLI2MoEConfig
+from .configuration_fli2moe import FLI2MoEConfig, infer_problem_type
 from .feature_cache import LABEL_COLUMNS, feature_columns
 
 __all__ = ["FeatureCollator"]
@@ -29,7 +29,8 @@ class FeatureCollator:
 
     Features are cast up from the fp16 cache to ``dtype`` (float32). Labels come from ``labels`` or
     ``label``: long ``(B,)`` for single-label, float ``(B, C)`` for multi-label and float for
-    regression (from ``config.problem_type``, else inferred: a vector per row means multi-label).
+    regression (from ``config.problem_type``, else inferred as the model infers it:
+    :func:`~modeling_fli2moe.configuration_fli2moe.infer_problem_type`).
     ``return_player_mask=True`` adds ``player_mask`` (bool, for the probes; not a model argument).
     Use it with ``TrainingArguments(remove_unused_columns=False)``.
     """
@@ -39,6 +40,7 @@ class FeatureCollator:
     ) -> None:
         self.names = list(config.modality_names)
         self.problem_type = config.problem_type
+        self.num_labels = config.num_labels
         self.dtype = dtype
         self._np_dtype = torch.empty(0, dtype=dtype).numpy().dtype if dtype != torch.bfloat16 else None
         self.return_player_mask = return_player_mask
@@ -47,9 +49,8 @@ class FeatureCollator:
         labels = _stack([r[key] for r in rows])
         problem = self.problem_type
         if problem is None:
-            problem = "multi_label_classification" if labels.ndim > 1 else "single_label_classification"
-            if labels.is_floating_point() and labels.ndim == 1:
-                problem = "regression"
+            integer = not labels.is_floating_point() and labels.dtype != torch.bool
+            problem = infer_problem_type(self.num_labels, labels.ndim, integer)
         if problem == "single_label_classification":
             if labels.ndim != 1:
                 raise ValueError(

@@ -17,6 +17,17 @@ PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_class
 ENCODER_TYPES = ("hf-text", "hf-vision", "efficientnet-lite0", "precomputed")
 
 
+def infer_problem_type(num_labels: int, labels_ndim: int, integer_labels: bool) -> str:
+    """The `problem_type` of a classifier whose config leaves it `None`, from its labels: one output is
+    regression; a row of labels per example (multi-hot) is multi-label; integer class indices are
+    single-label; anything else (floats, one per example) is multi-label, as in transformers."""
+    if num_labels == 1:
+        return "regression"
+    if labels_ndim > 1:
+        return "multi_label_classification"
+    return "single_label_classification" if integer_labels else "multi_label_classification"
+
+
 def _require(condition: bool, field: str, message: str) -> None:
     if not condition:
         raise ValueError(f"FLI2MoEConfig.{field}: {message}")
@@ -229,4 +240,4 @@ class FLI2MoEConfig(PreTrainedConfig):
         )
 
 
-__all__ = ["FLI2MoEConfig"]
+__all__ = ["FLI2MoEConfig", "infer_problem_type"]

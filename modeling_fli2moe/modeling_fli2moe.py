@@ -1,26 +1,42 @@
-"""FL-I2MoE: a feature-level interaction-aware mixture-of-experts layer over frozen-encoder tokens.
+"""FL-I2MoE: a feature-level, interaction-aware mixture of experts over frozen-encoder tokens.
 
-The experts' weights carry a leading expert dimension so that all experts, and the
-clean and modality-knocked-out copies of a batch used by the interaction losses, run as a few large
-batched kernels instead of Python loops.
+Each modality (e.g. text and image) arrives as the token features of a frozen pretrained encoder,
+`(B, T_m, D_m)`. A linear projection per modality maps them to width H; within-modality sinusoidal
+positions and a learned modality embedding are added, and the modalities are joined into one sequence.
+E expert Transformers (pre-LayerNorm blocks: joint self-attention, then a feed-forward layer per
+modality) read that sequence; each pools every modality by a masked mean and classifies the
+concatenated means. With `mixture="interaction"` there are M + 2 experts: one *uniqueness* expert per
+modality, a *synergy* and a *redundancy* expert, and a router (an MLP over the pooled projected
+modalities, softmax with temperature) whose weights mix the experts' logits. In training, each
+modality in turn is replaced (`config.replacement`: noise, zeros or its dataset-mean token) and the
+experts' interaction losses compare the clean and replaced passes: a uniqueness expert must move most
+when its own modality is replaced (triplet loss), the synergy expert must change under any replacement,
+the redundancy expert must not. `mixture="dense"` is one expert and no router (the baseline).
 
-This file travels with checkpoints as remote code: it imports only torch and transformers.
+The experts' weights carry a leading expert dimension, so that all experts, and the clean and replaced
+copies of a batch, run as a few large batched kernels instead of Python loops.
+
+This file travels with checkpoints as remote code: it imports only torch, transformers and the
+standard library (and `integrity.py` beside it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AttentionInterface, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS as TRANSFORMERS_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_fli2moe import FLI2MoEConfig
+from .configuration_fli2moe import FLI2MoEConfig, infer_problem_type
 from .integrity import record_checkpoint, verify_checkpoint
 
 
@@ -68,8 +84,7 @@ class StackedLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(num_experts, in_features, out_features))
-        self.bias = nn.Parameter(torch.zeros(num_experts, out_features))
-        nn.init.normal_(self.weight, std=0.02)
+        self.bias = nn.Parameter(torch.empty(num_experts, out_features))
 
     def forward(self, x: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
         weight, bias = self.weight, self.bias
@@ -90,8 +105,8 @@ class StackedLayerNorm(nn.Module):
     def __init__(self, num_experts: int, hidden_size: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_experts, hidden_size))
-        self.bias = nn.Parameter(torch.zeros(num_experts, hidden_size))
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))
+        self.bias = nn.Parameter(torch.empty(num_experts, hidden_size))
 
     def forward(self, x: torch.Tensor, experts: torch.Tensor | None = None) -> torch.Tensor:
         weight, bias = self.weight, self.bias
@@ -198,17 +213,18 @@ class GeluLinear(torch.autograd.Function):
 
 
 class ChunkedAttention(torch.autograd.Function):
-    """Softmax attention over packed `qkv (N, T, 3H)` with an additive key bias `(N, 1, T)`, one head and
-    one chunk of sequences at a time; backward recomputes the probabilities, so nothing of size T x T
-    outlives a chunk. q, k and v are laid out head-major once (the CPU bf16 matmuls copy strided operands
-    on every call). Faster than CPU flash attention in bf16, forward and backward."""
+    """Softmax attention of `query, key, value (N, heads, T, d)` with an additive key bias `(N, 1, T)`, one
+    head and one chunk of sequences at a time, as `(N, T, heads, d)`; backward recomputes the probabilities,
+    so nothing of size T x T outlives a chunk. q, k and v are laid out head-major once (the CPU bf16 matmuls
+    copy strided operands on every call). Faster than CPU flash attention in bf16, forward and backward."""
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, bias: torch.Tensor, num_heads: int, chunk: int) -> torch.Tensor:
-        n, t, h = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
-        d = h // num_heads
-        heads = qkv.view(n, t, 3, num_heads, d).permute(2, 3, 0, 1, 4).contiguous()  # (3, heads, N, T, d)
-        out = qkv.new_empty(n, t, num_heads, d)
+    def forward(ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, chunk: int) -> torch.Tensor:
+        n, num_heads, t, d = query.shape
+        heads = query.new_empty(3, num_heads, n, t, d)
+        for i, x in enumerate((query, key, value)):
+            heads[i].copy_(x.transpose(0, 1))
+        out = query.new_empty(n, t, num_heads, d)
         for rows in (slice(s, s + chunk) for s in range(0, n, chunk)):
             for i in range(num_heads):
                 q, k, v = heads[:, i, rows]
@@ -216,13 +232,13 @@ class ChunkedAttention(torch.autograd.Function):
                 out[rows, :, i] = torch.bmm(probs, v)
         ctx.save_for_backward(heads, bias)
         ctx.chunk = chunk
-        return out.view(n, t, h)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         heads, bias = ctx.saved_tensors
         num_heads, n, t, d = heads.shape[1:]
-        grad_heads = grad_out.view(n, t, num_heads, d).permute(2, 0, 1, 3).to(heads.dtype).contiguous()
+        grad_heads = grad_out.permute(2, 0, 1, 3).to(heads.dtype).contiguous()
         grad = torch.empty_like(heads)
         for rows in (slice(s, s + ctx.chunk) for s in range(0, n, ctx.chunk)):
             for i in range(num_heads):
@@ -234,23 +250,59 @@ class ChunkedAttention(torch.autograd.Function):
                 scores.mul_(d**-0.5)
                 torch.bmm(scores, k, out=grad[0, i, rows])
                 torch.bmm(scores.transpose(1, 2), q, out=grad[1, i, rows])
-        return grad.permute(2, 3, 0, 1, 4).reshape(n, t, 3 * num_heads * d), None, None, None
+        grad_q, grad_k, grad_v = grad.transpose(1, 2)
+        return grad_q, grad_k, grad_v, None, None
 
 
-def attention(qkv: torch.Tensor, key_mask: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Multi-head attention over packed `qkv (E, B, T, 3H)` with `key_mask (B, T)` (true = attend), as
-    `(E, B, T, H)`: `ChunkedAttention` for bf16/fp16 on CPU, `scaled_dot_product_attention` otherwise."""
-    e, b, t, h = qkv.shape[0], qkv.shape[1], qkv.shape[2], qkv.shape[3] // 3
-    if qkv.device.type == "cpu" and qkv.dtype in (torch.bfloat16, torch.float16):
-        bias = torch.zeros(b, 1, t, dtype=qkv.dtype, device=qkv.device).masked_fill(~key_mask[:, None], float("-inf"))
-        bias = bias.unsqueeze(0).expand(e, -1, -1, -1).reshape(e * b, 1, t)
-        chunk = max(1, (32 << 20) // (t * t * qkv.element_size()))
-        return ChunkedAttention.apply(qkv.view(e * b, t, 3 * h), bias, num_heads, chunk).view(e, b, t, h)
-    # strided views, no copies: (E*B, heads, T, d)
-    q, k, v = qkv.view(e * b, t, 3, num_heads, h // num_heads).permute(2, 0, 3, 1, 4)
-    mask = key_mask[None, :, None, :].expand(e, b, 1, t).reshape(e * b, 1, 1, t)
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return ctx.transpose(1, 2).reshape(e, b, t, h)
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out: `query, key, value (..., heads, T, d)` and a boolean `attention_mask` that
+    broadcasts to `(..., 1, 1, T)` (true = attend). Returns the output `(..., T, heads, d)` and the
+    probabilities `(..., heads, T, T)` it was computed from (so gradients with respect to them are defined)."""
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    probs = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
+    probs = F.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(-3, -2), probs
+
+
+def sdpa_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' `sdpa` attention with the arguments and output of `eager_attention_forward` (no
+    probabilities), except for 16-bit tensors on CPU, where `ChunkedAttention` is faster and holds less."""
+    batch_shape, (heads, t, d) = query.shape[:-3], query.shape[-3:]
+    query, key, value = (x.reshape(-1, heads, t, d) for x in (query, key, value))
+    mask = attention_mask.expand(*batch_shape, 1, 1, t).reshape(-1, 1, 1, t)
+    if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16) and dropout == 0.0:
+        bias = query.new_zeros(query.shape[0], 1, t).masked_fill(~mask.view(-1, 1, t), float("-inf"))
+        chunk = max(1, (32 << 20) // (t * t * query.element_size()))
+        out = ChunkedAttention.apply(query, key, value, bias, chunk)
+    else:
+        out, _ = TRANSFORMERS_ATTENTION_FUNCTIONS["sdpa"](
+            module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False
+        )
+    return out.view(*batch_shape, t, heads, d), None
+
+
+#: the attention kernels by `config._attn_implementation`: `"eager"` (returns the probabilities, needed for
+#: `output_attentions=True`) or `"sdpa"` (the default)
+ATTENTION_FUNCTIONS = AttentionInterface()
+ATTENTION_FUNCTIONS["sdpa"] = sdpa_attention_forward
 
 
 class ExpertBlock(nn.Module):
@@ -277,25 +329,26 @@ class ExpertBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        key_mask: torch.Tensor,
+        attention_mask: torch.Tensor,
         segments: Sequence[tuple[int, int]],
-        experts: torch.Tensor | None = None,
-        record_attention: bool = False,
+        experts: torch.Tensor | None,
+        attention_interface: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`x (E, B, T, H)`, or `(B, T, H)` when every expert gets the same input; `key_mask (B, T)` bool
-        (true = attend). Returns the new `x (E, B, T, H)` and, if asked, the attention probabilities
-        `(E, B, heads, T, T)`."""
-        if record_attention:
-            return self.forward_recorded(x, key_mask, segments, experts)
+        """`x (E, B, T, H)`, or `(B, T, H)` when every expert gets the same input; boolean `attention_mask
+        (B, 1, 1, T)` (true = attend); `attention_interface` one of `ATTENTION_FUNCTIONS`. Returns the new
+        `x (E, B, T, H)` and the attention probabilities `(E, B, heads, T, T)` if the interface returns them
+        (`eager`), else None."""
         shared = x.dim() == 3
         b, t, h = x.shape[-3:]
         p = self.dropout.p if self.training else 0.0
         weight, bias = fold_norm(self.attn_norm, self.qkv, experts, x.dtype)
         e = weight.shape[0]
         qkv = stacked_matmul(F.layer_norm(x, (h,), eps=self.attn_norm.eps), weight, bias, shared)
-        ctx = attention(qkv.view(e, b, t, 3 * h), key_mask, self.num_heads)
+        # strided views, no copies: (E, B, heads, T, d)
+        query, key, value = qkv.view(e, b, t, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
+        ctx, probs = attention_interface(self, query, key, value, attention_mask, scaling=self.head_dim**-0.5)
         out_weight, out_bias = self._weights(self.attn_out, experts, x.dtype)
-        x = dropout_add(x, stacked_matmul(ctx, out_weight, out_bias).view(e, b, t, h), p, self.training)
+        x = dropout_add(x, stacked_matmul(ctx.reshape(e, b, t, h), out_weight, out_bias).view(e, b, t, h), p, self.training)
 
         normed = F.layer_norm(x, (h,), eps=self.ffn_norm.eps)
         # split (not slicing): its backward is one concatenation instead of zero-filled full-size gradients
@@ -306,7 +359,7 @@ class ExpertBlock(nn.Module):
             w_out, b_out = self._weights(fout, experts, x.dtype)
             hidden = stacked_matmul(part, w_in, b_in)
             ffn.append(GeluLinear.apply(hidden, w_out, b_out).view(e, b, part.shape[2], h))
-        return dropout_add(x, torch.cat(ffn, dim=2), p, self.training), None
+        return dropout_add(x, torch.cat(ffn, dim=2), p, self.training), probs
 
     @staticmethod
     def _weights(linear: StackedLinear, experts: torch.Tensor | None, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,42 +368,13 @@ class ExpertBlock(nn.Module):
             weight, bias = weight[experts], bias[experts]
         return weight.to(dtype), bias.to(dtype)
 
-    def forward_recorded(
-        self,
-        x: torch.Tensor,
-        key_mask: torch.Tensor,
-        segments: Sequence[tuple[int, int]],
-        experts: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same block in eager attention, returning the probabilities `(E, B, heads, T, T)` that the
-        computation uses (so that gradients with respect to them are defined)."""
-        if x.dim() == 3:
-            x = x.expand(self.qkv.num_experts if experts is None else int(experts.numel()), *x.shape)
-        e, b, t, h = x.shape
-        qkv = self.qkv(self.attn_norm(x, experts), experts)  # (E, B, T, 3H)
-        q, k, v = qkv.view(e, b, t, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)  # (E, B, heads, T, d)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(~key_mask[None, :, None, None, :], torch.finfo(scores.dtype).min)
-        probs = scores.softmax(dim=-1)
-        ctx = (probs @ v).transpose(2, 3).reshape(e, b, t, h)
-        x = x + self.dropout(self.attn_out(ctx, experts))
-
-        normed = self.ffn_norm(x, experts)
-        # split (not slicing): its backward is one concatenation instead of zero-filled full-size gradients
-        parts = normed.split([end - start for start, end in segments], dim=2)
-        ffn = torch.cat(
-            [fout(F.gelu(fin(part, experts)), experts) for part, fin, fout in zip(parts, self.ffn_in, self.ffn_out)],
-            dim=2,
-        )
-        x = x + self.dropout(ffn)
-        return x, probs
-
 
 class StackedExperts(nn.Module):
     """`num_experts` expert Transformers with stacked weights, plus their classification heads."""
 
     def __init__(self, config: FLI2MoEConfig, num_experts: int) -> None:
         super().__init__()
+        self.config = config
         self.num_experts = num_experts
         self.layers = nn.ModuleList(ExpertBlock(config, num_experts) for _ in range(config.num_layers))
         self.final_norm = StackedLayerNorm(num_experts, config.hidden_size)
@@ -362,23 +386,27 @@ class StackedExperts(nn.Module):
         token_mask: torch.Tensor,
         segments: Sequence[tuple[int, int]],
         experts: torch.Tensor | None = None,
-        record_attention: bool = False,
+        output_attentions: bool = False,
+        attn_implementation: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """`hidden (B, T, H)` shared input, `token_mask (B, T)` bool. Returns expert logits `(E, B, C)`,
-        latents `(E, B, M*H)` and the attention maps if recorded."""
+        latents `(E, B, M*H)` and, with `output_attentions`, each layer's attention probabilities. The
+        attention kernel is `config._attn_implementation`'s (or `attn_implementation`'s)."""
+        implementation = attn_implementation or self.config._attn_implementation
+        attention_interface = ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         e = self.num_experts if experts is None else int(experts.numel())
         # a row with no valid token at all attends to everything (its outputs are pooled to zero anyway),
         # so that softmax never sees an all-masked row (no NaN)
         key_mask = token_mask | ~token_mask.any(dim=-1, keepdim=True)
+        attention_mask = key_mask[:, None, None, :]  # (B, 1, 1, T), the same for every expert
         dtype = compute_dtype(hidden)
         # explicit dtypes inside (autocast would cast every activation again before every matmul)
         with torch.autocast(hidden.device.type, enabled=False):
             x = hidden.to(dtype)  # the first block reads the same input for every expert: not expanded
             maps = []
             for layer in self.layers:
-                x, probs = layer(x, key_mask, segments, experts, record_attention)
-                if record_attention:
-                    maps.append(probs)
+                x, probs = layer(x, attention_mask, segments, experts, attention_interface)
+                maps.append(probs)
             if x.dim() == 3:
                 x = x.expand(e, *x.shape)
             # masked mean of every modality in one matmul, (B, M, T) pooling weights @ (E, B, T, H), with the
@@ -397,7 +425,7 @@ class StackedExperts(nn.Module):
             ).flatten(-2)  # (E, B, M*H)
             head_weight, head_bias = ExpertBlock._weights(self.head, experts, dtype)
             logits = stacked_matmul(latents, head_weight, head_bias).view(*latents.shape[:2], -1)
-        return logits, latents, (tuple(maps) if record_attention else None)
+        return logits, latents, (tuple(maps) if output_attentions else None)
 
 
 class Router(nn.Module):
@@ -418,14 +446,33 @@ class Router(nn.Module):
         return torch.softmax(self.mlp(z) / self.temperature, dim=-1)
 
 
+class ModalityMeans(nn.Module):
+    """One buffer per modality, named after it: the dataset-mean feature token `(D_m,)`."""
+
+    def __init__(self, config: FLI2MoEConfig) -> None:
+        super().__init__()
+        for m in config.modalities:
+            self.register_buffer(m["name"], torch.empty(m["input_dim"]))
+
+
 # ---------------------------------------------------------------------------------------------- model
 class FLI2MoEPreTrainedModel(PreTrainedModel):
+    """Loading, saving and weight initialisation shared by FL-I2MoE models.
+
+    Attention runs in one of two implementations, chosen by `config._attn_implementation` (set it with
+    `from_pretrained(..., attn_implementation=...)` or `set_attn_implementation`): `"sdpa"` (the default,
+    fused kernels) or `"eager"` (written out; the only one that returns attention probabilities).
+    """
+
     config_class = FLI2MoEConfig
     base_model_prefix = "fli2moe"
     # main_input_name stays the library default: `features` is a dict, and Trainer's FLOP counter calls
     # `.numel()` on the main input
     supports_gradient_checkpointing = False
     _supports_sdpa = True
+    # the loss mixes a task loss and a per-expert interaction loss, both batch means: Trainer must not pass
+    # num_items_in_batch (it averages over gradient-accumulation steps itself)
+    accepts_loss_kwargs = False
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
@@ -465,17 +512,30 @@ class FLI2MoEPreTrainedModel(PreTrainedModel):
             record_checkpoint(save_directory, self.config.to_dict())
 
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, StackedLinear):
-            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        """Every parameter and buffer's initial value: linear and embedding weights from
+        N(0, `config.initializer_range`), biases and the dataset-mean tokens zero, LayerNorm scales one."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, StackedLinear)):
+            init.normal_(module.weight, mean=0.0, std=std)
             init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, StackedLayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, ModalityMeans):
+            for buffer in module.buffers(recurse=False):
+                init.zeros_(buffer)
 
 
 class FLI2MoEModel(FLI2MoEPreTrainedModel):
     """FL-I2MoE classifier (or its dense baseline) over frozen-encoder token features.
 
     Call it as `model(features={name: (B, T, D)}, attention_mask={name: (B, T)}, labels=...)`; the
-    masks may be omitted (all tokens valid). See [`FLI2MoEOutput`] for what comes back.
+    masks may be omitted (all tokens valid). It returns an [`FLI2MoEOutput`]: the mixture's logits, each
+    expert's logits and latents, the router weights and, with labels, the task loss (cross-entropy,
+    binary cross-entropy or mean squared error, by `config.problem_type`) plus `interaction_loss_weight`
+    times the mean interaction loss. `head_logits` runs one expert alone (or the mixture).
     """
 
     def __init__(self, config: FLI2MoEConfig) -> None:
@@ -485,11 +545,10 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         self.projections = nn.ModuleDict({m["name"]: nn.Linear(m["input_dim"], h) for m in config.modalities})
         self.modality_embeddings = nn.Embedding(config.num_modalities, h)
         # per-modality dataset-mean feature token: the fill for "mean" replacement and for the explanation probes
-        self.modality_means = nn.Module()
-        for m in config.modalities:
-            self.modality_means.register_buffer(m["name"], torch.zeros(m["input_dim"]))
+        self.modality_means = ModalityMeans(config)
         self.experts = StackedExperts(config, config.num_experts)
         self.router = Router(config) if config.mixture == "interaction" else None
+        self.loss_type = "ForSequenceClassification"  # self.loss_function: transformers' classifier losses
         self.post_init()
 
     # ---------------------------------------------------------------- helpers
@@ -507,6 +566,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
             buf.copy_(value)
 
     def get_modality_means(self) -> dict[str, torch.Tensor]:
+        """The dataset-mean feature tokens `{name: (D_m,)}` (zeros until `set_modality_means`)."""
         return {name: getattr(self.modality_means, name) for name in self.modality_names}
 
     def resolve_experts(self, experts: int | str | Sequence[int | str] | None) -> torch.Tensor | None:
@@ -657,15 +717,13 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         return mean.expand_as(like)
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The classification (or regression) loss of transformers' sequence classifiers, in float32, after
+        checking the labels' shape and values against `config.problem_type` (inferred on the first call when
+        `None`, as transformers does)."""
         c = self.config.num_labels
-        if self.config.problem_type is None:
-            if c == 1:
-                self.config.problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int, torch.int32, torch.int16, torch.uint8):
-                self.config.problem_type = "single_label_classification"
-            else:
-                self.config.problem_type = "multi_label_classification"
         pt = self.config.problem_type
+        if pt is None:
+            pt = infer_problem_type(c, labels.dim(), not labels.is_floating_point() and labels.dtype != torch.bool)
         b = logits.shape[0]
         if pt == "single_label_classification":
             if labels.dim() != 1 or labels.shape[0] != b:
@@ -680,16 +738,22 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
                     f"labels must be class indices in [0, {c}); got values in [{int(labels.min())}, {int(labels.max())}]"
                     " (unknown label: check the dataset's label names against config.id2label)"
                 )
-            return F.cross_entropy(logits.float(), labels.long())
-        if pt == "multi_label_classification":
+            labels = labels.long()
+        elif pt == "multi_label_classification":
             if tuple(labels.shape) != (b, c):
                 raise ValueError(
                     f"labels for multi_label_classification must be multi-hot of shape ({b}, {c}), got {tuple(labels.shape)}"
                 )
-            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        if labels.shape not in ((b,), (b, c)):
-            raise ValueError(f"labels for regression must have shape ({b},) or ({b}, {c}), got {tuple(labels.shape)}")
-        return F.mse_loss(logits.float().view(b, -1).squeeze(-1), labels.float().view(b, -1).squeeze(-1))
+            labels = labels.float()
+        else:
+            allowed = ((b,), (b, 1)) if c == 1 else ((b, c),)
+            if tuple(labels.shape) not in allowed:
+                raise ValueError(
+                    f"labels for regression must have shape {' or '.join(map(str, allowed))}, got {tuple(labels.shape)}"
+                )
+            labels = labels.float()
+        self.config.problem_type = pt  # kept once labels of that kind were accepted
+        return self.loss_function(labels=labels, pooled_logits=logits.float(), config=self.config)
 
     def interaction_losses(self, clean: torch.Tensor, knocked_out: torch.Tensor) -> torch.Tensor:
         """Per-expert interaction losses `(E,)`.
@@ -724,19 +788,42 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         compute_interaction_loss: bool | None = None,
         generator: torch.Generator | None = None,
         return_dict: bool | None = None,
-        **kwargs,
-    ) -> FLI2MoEOutput:
+        **kwargs: Any,
+    ) -> FLI2MoEOutput | tuple[torch.Tensor, ...]:
         r"""
         Args:
             features: `{modality name: (B, T_m, D_m)}` frozen-encoder features, every modality of the config.
             attention_mask: `{modality name: (B, T_m)}`, 1 = real token; omitted = all valid.
-            labels: `(B,)` class indices (single-label), `(B, C)` multi-hot (multi-label) or `(B,)` targets
-                (regression).
-            output_attentions: record the attention maps (eager attention; slower, for explanations).
+            labels: `(B,)` class indices (single-label), `(B, C)` multi-hot (multi-label), or `(B,)` targets
+                (regression with one output; `(B, C)` with C outputs).
+            output_attentions: return every layer's attention probabilities. They come from the `eager`
+                attention implementation: load the model with `attn_implementation="eager"` (or call
+                `model.set_attn_implementation("eager")`); the default `sdpa` does not compute them.
             compute_interaction_loss: run the knocked-out passes and add the interaction loss; default: when
                 `labels` are given and the mixture is `interaction`.
             generator: random generator for the `noise` replacement (global RNG when None).
+            return_dict: return an `FLI2MoEOutput` (default, `config.return_dict`) or a tuple of its
+                non-`None` fields in order.
+
+        Any other keyword argument raises `TypeError` (nothing is silently ignored).
         """
+        if kwargs:
+            raise TypeError(
+                f"FLI2MoEModel.forward() got unexpected keyword argument(s) {sorted(kwargs)}; it takes features, "
+                "attention_mask, labels, output_attentions, compute_interaction_loss, generator and return_dict. "
+                "Raw text or images become features with FLI2MoEProcessor: model(**processor(...).model_inputs())."
+            )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        implementation = self.config._attn_implementation
+        if output_attentions and implementation != "eager":
+            warnings.warn(
+                f"output_attentions=True needs the eager attention implementation, and this model uses "
+                f"{implementation!r}: this call runs eager attention, later versions will raise instead. Load the "
+                "model with attn_implementation='eager' or call model.set_attn_implementation('eager').",
+                FutureWarning,
+                stacklevel=2,
+            )
+            implementation = "eager"
         batch, masks = self._check_inputs(features, attention_mask, labels)
         if not output_attentions:  # attention maps keep every given position, for the explainers
             features, masks = self.trim_padding(features, masks)
@@ -761,7 +848,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         hidden, segments = self.embed(stacked)
         token_mask = torch.cat([stacked_masks[n] for n in names], dim=1)
         expert_logits, latents, attentions = self.experts(
-            hidden, token_mask, segments, record_attention=output_attentions
+            hidden, token_mask, segments, output_attentions=output_attentions, attn_implementation=implementation
         )
         if output_attentions and compute_interaction_loss:
             attentions = tuple(a[:, :batch] for a in attentions)
@@ -782,7 +869,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
             if interaction_loss is not None:
                 loss = task_loss + self.config.interaction_loss_weight * interaction_loss
 
-        return FLI2MoEOutput(
+        output = FLI2MoEOutput(
             loss=loss,
             logits=logits,
             expert_logits=clean_logits.transpose(0, 1),
@@ -793,6 +880,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
             expert_interaction_losses=per_expert,
             attentions=attentions,
         )
+        return output if return_dict else output.to_tuple()
 
     def head_logits(
         self,

@@ -73,14 +73,16 @@ def top_token(maps: AttributionMaps, head: str) -> tuple[str, int]:
 
 
 # where each method is reliable on these tiny planted models (checked on more examples than tested):
-# IG on both; gradient x input on the interaction mixture (on the dense model it saturates: LayerNorm
-# flattens the gradient along the planted token's large feature). Rollout is not reliable here: the
-# evidence reaches the pooled latent through the token's own residual stream, which the "+ I" of every
-# layer credits to all tokens alike, so its maps stay within ~1e-3 of uniform; it is checked against
-# a per-expert reference and a hand-made case below instead.
+# IG on both (on the interaction mixture, every example for each of 6 init seeds). Gradient x input is
+# not: on the dense model it saturates (LayerNorm flattens the gradient along the planted token's large
+# feature), and on the interaction mixture it misranks the planted token in some example for 3 of 6 init
+# seeds (a local gradient); it is checked against its definition below instead. Rollout is not reliable
+# here: the evidence reaches the pooled latent through the token's own residual stream, which the "+ I"
+# of every layer credits to all tokens alike, so its maps stay within ~1e-3 of uniform; it is checked
+# against a per-expert reference and a hand-made case below instead.
 @pytest.mark.parametrize(
     "mixture, method",
-    [("interaction", "integrated_gradients"), ("interaction", "gradient_x_input"), ("dense", "integrated_gradients")],
+    [("interaction", "integrated_gradients"), ("dense", "integrated_gradients")],
 )
 def test_planted_token_is_top(mixture, method):
     model = planted_model(mixture)

@@ -148,6 +148,7 @@ def test_attention_maps_recorded_on_request(generator):
     feats, masks = random_inputs(cfg, batch_size=2, generator=generator)
     fast = model(feats, masks)
     assert fast.attentions is None
+    model.set_attn_implementation("eager")
     slow = model(feats, masks, output_attentions=True)
     t = sum(f.shape[1] for f in feats.values())
     assert len(slow.attentions) == cfg.num_layers
@@ -199,7 +200,11 @@ def test_bad_inputs_name_the_problem(generator):
     _bad(lambda: model(dict(feats, image=torch.randn(3, 7, 20))), r"batch size 3")
     _bad(lambda: model(dict(feats, text=torch.randn(2, 0, 12))), r"features\['text'\] has no tokens")
     _bad(lambda: model(feats, dict(masks, image=torch.ones(2, 3))), r"attention_mask\['image'\] has shape \(2, 3\), expected \(2, 7\)")
-    _bad(lambda: model(feats, masks, labels=torch.tensor([[0, 1]])), r"single_label_classification must be class indices of shape \(2,\)")
+    # problem_type None: a row of labels per example is multi-hot; a wrong call does not fix problem_type
+    _bad(lambda: model(feats, masks, labels=torch.tensor([[0, 1]])), r"multi_label_classification must be multi-hot of shape \(2, 3\)")
+    assert model.config.problem_type is None
+    single = FLI2MoEModel(tiny_config(problem_type="single_label_classification"))
+    _bad(lambda: single(feats, masks, labels=torch.tensor([[0, 1]])), r"single_label_classification must be class indices of shape \(2,\)")
     _bad(lambda: model(feats, masks, labels=torch.tensor([0, 3])), r"class indices in \[0, 3\)")
     multi = FLI2MoEModel(tiny_config(problem_type="multi_label_classification"))
     _bad(lambda: multi(feats, masks, labels=torch.ones(2, 5)), r"multi-hot of shape \(2, 3\)")
