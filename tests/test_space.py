@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,15 +14,10 @@ import torch
 
 from modeling_fli2moe import FLI2MoEModel
 from modeling_fli2moe.data import make_planted
+from modeling_fli2moe.testing.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +45,13 @@ def planted_example(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, FLI2MOE_CHECKPOINT=str(checkpoint), GRADIO_SERVER_PORT=str(port),
                GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, str(ROOT / "spaces_app" / "app.py")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited: {proc.stdout.read()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("the app did not start within 180 s")
-    yield url
+    wait_for_port(proc, port, timeout=180, output=lambda: proc.stdout.read())
+    yield f"http://127.0.0.1:{port}/"
     proc.terminate()
     try:
         proc.wait(timeout=20)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from huggingface_hub.repocard import RepoCard
 
 from modeling_fli2moe.cli import main as cli_main
 from modeling_fli2moe.space import SPACE_FILE, build_space
+from modeling_fli2moe.testing.servers import free_port, wait_for_port
 from tests.test_space import checkpoint as planted_checkpoint  # noqa: F401  (a pytest fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,12 +152,6 @@ def test_push_creates_a_gradio_space_and_uploads_the_folder(built, tmp_path, mon
 
 
 # ------------------------------------------------------------------------------------------- deployment
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without any trace of the repository's virtual environment."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
@@ -206,7 +200,7 @@ def test_built_space_deploys_in_a_fresh_venv(checkpoint, tmp_path):
     image = tmp_path / "example.png"
     row["image"].save(image)
 
-    port = _free_port()
+    port = free_port()
     hf_home = tmp_path / "hf-home"
     env = _clean_env(GRADIO_SERVER_PORT=str(port), HF_HOME=str(hf_home), HF_HUB_OFFLINE="1",
                      GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS="2")
@@ -214,16 +208,7 @@ def test_built_space_deploys_in_a_fresh_venv(checkpoint, tmp_path):
     log = open(tmp_path / "app.log", "w")
     proc = subprocess.Popen([str(py), "app.py"], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            assert proc.poll() is None, f"app.py exited: {(tmp_path / 'app.log').read_text()[-3000:]}"
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError(f"app.py did not listen within 300 s: {(tmp_path / 'app.log').read_text()[-3000:]}")
+        wait_for_port(proc, port, timeout=300, output=lambda: (tmp_path / "app.log").read_text())
         url = f"http://127.0.0.1:{port}/"
         lap("app start")
 
