@@ -105,7 +105,8 @@ def _explain(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
     )
     if report is not None:
-        print(f"report: {report}")
+        print(f"numbers: {report}")
+        print(f"report: {report.parent / 'report.html'}")
     return 0
 
 
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = sub.add_parser("explain", help="dataset-level explanation report for a checkpoint")
     explain.add_argument("--checkpoint", required=True)
-    explain.add_argument("--dense-checkpoint", default=None, help="a dense baseline to compare against")
+    explain.add_argument("--dense", "--dense-checkpoint", dest="dense_checkpoint", default=None, metavar="DIR",
+                         help="a dense baseline checkpoint, explained on the same examples (side by side in report.html)")
     explain.add_argument("--split", default="test")
     explain.add_argument("--limit", type=int, default=None)
     explain.add_argument("--data-dir", default=None)

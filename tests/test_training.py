@@ -216,19 +216,3 @@ def test_bf16_mixed_precision_trains(tmp_path):
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
-
-
-def test_dataset_level_explanation_report(trained, planted_dir, cache_dir):
-    out = trained / "explain"
-    code = cli_main(["explain", "--checkpoint", str(trained / "full"), "--dense-checkpoint", str(trained / "full"),
-                     "--data-dir", str(planted_dir), "--cache-dir", str(cache_dir), "--limit", "3", "--budget", "512",
-                     "--output-dir", str(out)])
-    assert code == 0
-    report = json.loads((out / "explain_report.json").read_text())
-    assert report["n_examples"] == 3 and set(report["models"]) == {"fl_i2moe", "dense"}
-    agg = report["models"]["fl_i2moe"]
-    assert set(agg["faithfulness"]) == {"mixture", "uniqueness_text", "uniqueness_image", "synergy", "redundancy"}
-    assert "comprehensiveness_gap" in agg["faithfulness"]["mixture"]["text"]
-    assert set(agg["pair_masking"]["sii"]) >= {"1", "2", "4", "8"}
-    assert agg["pair_masking"]["sii"]["1"]["n"] == 3 and "test" in agg["pair_masking"]["sii"]["1"]
-    assert (out / "pair_masking.png").stat().st_size > 1000

@@ -3,8 +3,10 @@
 For every example of a split: per-head attribution maps, top-K% faithfulness against random tokens,
 concentration and specificity, and pair masking by SII and by RG against random pairs. Examples are
 sharded across processes under `accelerate launch`; the main process gathers, aggregates (means,
-paired Wilcoxon tests) and writes `explain_report.json`, `per_example.json` and `pair_masking.png`. With `dense_checkpoint` the dense
-baseline is evaluated on the same examples, side by side.
+paired Wilcoxon tests) and writes `explain_report.json`, `per_example.json`, `pair_masking.png`, the full
+explanations of a few examples (`examples.json`, their images under `examples/`) and `report.html` (every
+figure embedded; see `modeling_fli2moe.report`). With `dense_checkpoint` the dense baseline is evaluated on
+the same examples, side by side.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def _load(checkpoint: str | os.PathLike):
 
 
 def _cached_split(model, split: str, data_dir: str | None, cache_dir: str | None):
+    """The split's raw rows (for the drawn examples' images) and its feature-cached rows."""
     from ..data import get_loader
     from ..feature_cache import cache_features
     from ..training import _default_cache_dir, run_dataset_section
@@ -52,11 +55,19 @@ def _cached_split(model, split: str, data_dir: str | None, cache_dir: str | None
     if split not in raw:
         raise ValueError(f"split {split!r} not in the dataset; splits: {list(raw)}")
     cached = cache_features(raw.__class__({split: raw[split]}), model.config, cache_dir or _default_cache_dir())
-    return cached[split]
+    return raw[split], cached[split]
 
 
-def explain_example(model, row: dict[str, Any], budget: int, n_candidates: int, random_state: int) -> dict[str, Any]:
-    """All dataset-level measurements of one cached example (by `Explainer.explain`), as plain numbers."""
+#: per-K faithfulness lists kept per example (the report's curves)
+CURVE_KEYS = ("k_percent", "comprehensiveness", "sufficiency", "random_comprehensiveness", "random_sufficiency",
+              "random_comprehensiveness_std", "random_sufficiency_std")
+
+
+def explain_example(model, row: dict[str, Any], budget: int, n_candidates: int, random_state: int,
+                    keep_explanation: bool = False, tokens: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """All dataset-level measurements of one cached example (by `Explainer.explain`), as plain numbers;
+    with `keep_explanation` also the whole `Explanation` as a dict (under ``"explanation"``, its tokens named
+    by `tokens` where given)."""
     from ..feature_cache import feature_columns
     from .explainer import Explainer
 
@@ -68,7 +79,7 @@ def explain_example(model, row: dict[str, Any], budget: int, n_candidates: int, 
         masks[n] = torch.as_tensor(row[mk]).bool()[None]
         players[n] = torch.as_tensor(row[pm]).bool()
     exp = Explainer(model).explain(features=feats, attention_mask=masks, player_mask=players, budget=budget,
-                                   n_candidates=n_candidates, random_state=random_state)
+                                   n_candidates=n_candidates, random_state=random_state, tokens=tokens)
     keys = ("comprehensiveness_gap", "sufficiency_gap", "aopc_comprehensiveness", "aopc_sufficiency",
             "random_aopc_comprehensiveness", "random_aopc_sufficiency")
     maps = {h: {m: torch.tensor(v) for m, v in by_mod.items()} for h, by_mod in exp.maps.items()}
@@ -76,6 +87,10 @@ def explain_example(model, row: dict[str, Any], budget: int, n_candidates: int, 
         "faithfulness": {
             h: {m: {k: c[k] for k in keys} for m, c in r["per_modality"].items()} for h, r in exp.faithfulness.items()
         },
+        "faithfulness_curves": {
+            h: {m: {k: c[k] for k in CURVE_KEYS} for m, c in r["per_modality"].items()} for h, r in exp.faithfulness.items()
+        },
+        "routing_weights": dict(exp.routing_weights),
         "concentration": {h: concentration(maps[h], players).to_dict() for h in maps},
         "specificity": specificity(maps, players).to_dict(),
         "pair_masking": {
@@ -87,12 +102,40 @@ def explain_example(model, row: dict[str, Any], budget: int, n_candidates: int, 
     }
     if "label" in row:
         out["label"] = int(row["label"])
+    if "kind" in row:
+        out["kind"] = str(row["kind"])
+    if keep_explanation:
+        out["explanation"] = exp.to_dict()
     return out
 
 
 def _mean(values: list[float]) -> float | None:
     vals = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(vals)) if vals else None
+
+
+def mean_ci(values: list[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean, standard deviation and the `level` confidence interval of the mean (Student t) of finite values."""
+    from scipy import stats
+
+    vals = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    out: dict[str, Any] = {"mean": float(vals.mean()) if vals.size else None, "n": int(vals.size), "level": level}
+    if vals.size >= 2:
+        sd = float(vals.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + level / 2, vals.size - 1) * sd / np.sqrt(vals.size))
+        out.update(sd=sd, ci=[out["mean"] - half, out["mean"] + half])
+    else:
+        out.update(sd=None, ci=None)
+    return out
+
+
+def _mean_curves(curves: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-K means over examples of one head's and modality's faithfulness lists; the random band is the mean
+    over examples of the spread (standard deviation) of the random orders."""
+    out = {"k_percent": curves[0]["k_percent"], "n": len(curves)}
+    for key in CURVE_KEYS[1:]:
+        out[key] = np.mean([c[key] for c in curves], axis=0).tolist()
+    return out
 
 
 def aggregate(per_example: list[dict[str, Any]]) -> dict[str, Any]:
@@ -111,6 +154,22 @@ def aggregate(per_example: list[dict[str, Any]]) -> dict[str, Any]:
         for m in conc[0].get("entropy", {}):
             agg["concentration"][h]["entropy"][m] = _mean([c["entropy"][m] for c in conc])
             agg["concentration"][h]["top_mass"][m] = _mean([c["top_mass"][m] for c in conc])
+    if "faithfulness_curves" in per_example[0]:
+        agg["faithfulness_curves"] = {
+            h: {m: _mean_curves([e["faithfulness_curves"][h][m] for e in per_example
+                                 if m in e["faithfulness_curves"].get(h, {})])
+                for m in per_example[0]["faithfulness_curves"][h]}
+            for h in per_example[0]["faithfulness_curves"]
+        }
+    if "routing_weights" in per_example[0]:
+        experts = list(per_example[0]["routing_weights"])
+        agg["routing_weights"] = {x: mean_ci([e["routing_weights"][x] for e in per_example]) for x in experts}
+        kinds = sorted({e["kind"] for e in per_example if "kind" in e})
+        if kinds:
+            agg["routing_weights_by_kind"] = {
+                k: {x: _mean([e["routing_weights"][x] for e in per_example if e.get("kind") == k]) for x in experts}
+                for k in kinds
+            }
     jac = [e["specificity"].get("mean_jaccard") or {} for e in per_example]
     agg["specificity_mean_jaccard"] = {m: _mean([j.get(m) for j in jac]) for m in jac[0]}
     share = [e["specificity"].get("mass_share") for e in per_example]
@@ -121,7 +180,8 @@ def aggregate(per_example: list[dict[str, Any]]) -> dict[str, Any]:
         for b in per_example[0]["pair_masking"][key]:
             ranked = [e["pair_masking"][key][b]["ranked"] for e in per_example if b in e["pair_masking"][key]]
             random = [e["pair_masking"][key][b]["random"] for e in per_example if b in e["pair_masking"][key]]
-            row = {"ranked_drop": _mean(ranked), "random_drop": _mean(random), "n": len(ranked)}
+            row = {"ranked_drop": _mean(ranked), "random_drop": _mean(random), "n": len(ranked),
+                   "ranked_ci": mean_ci(ranked)["ci"], "random_ci": mean_ci(random)["ci"]}
             if len(ranked) >= 2:
                 row["test"] = paired_test(ranked, random)
             agg["pair_masking"][key][b] = row
@@ -140,8 +200,12 @@ def run_dataset_explanation(
     dense_checkpoint: str | os.PathLike | None = None,
     data_dir: str | None = None,
     cache_dir: str | None = None,
+    n_drawn: int = 4,
 ) -> Path | None:
-    """Explain a split of the checkpoint's dataset; returns the report path (on the main process)."""
+    """Explain a split of the checkpoint's dataset; returns the report path (on the main process).
+
+    `n_drawn` examples (one of each kind first, where the data has a ``kind`` column) keep their whole
+    explanation, drawn in `report.html`."""
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -149,16 +213,20 @@ def run_dataset_explanation(
     if dense_checkpoint:
         models["dense"] = _load(dense_checkpoint)
     with state.main_process_first():
-        data = _cached_split(models["fl_i2moe"], split, data_dir, cache_dir)
+        raw, data = _cached_split(models["fl_i2moe"], split, data_dir, cache_dir)
     n = len(data) if limit is None else min(limit, len(data))
     indices = list(range(n))
+    drawn = drawn_indices(data, n, n_drawn)
+    tokens = _token_strings(models["fl_i2moe"].config, raw, drawn)
     results: dict[str, list] = {}
     with state.split_between_processes(indices) as mine:
         for name, model in models.items():
             model.to(state.device)
             rows = []
             for i in tqdm(mine, desc=f"explaining {split} ({name})", disable=not state.is_local_main_process):
-                rows.append(explain_example(model, data[i], budget, n_candidates, random_state + i))
+                row = explain_example(model, data[i], budget, n_candidates, random_state + i,
+                                      keep_explanation=i in tokens, tokens=tokens.get(i))
+                rows.append({"index": i, **row})
             results[name] = rows
     if state.num_processes > 1:
         from accelerate.utils import gather_object
@@ -166,16 +234,93 @@ def run_dataset_explanation(
         results = {k: gather_object(v) for k, v in results.items()}
     if not state.is_main_process:
         return None
-    report = {"checkpoint": str(checkpoint), "split": split, "n_examples": n, "budget": budget,
+    examples = _pop_explanations(results, raw, models["fl_i2moe"].config)
+    report = {"checkpoint": str(checkpoint), "dense_checkpoint": str(dense_checkpoint) if dense_checkpoint else None,
+              "split": split, "n_examples": n, "budget": budget,
+              "id2label": {str(k): v for k, v in models["fl_i2moe"].config.id2label.items()},
+              "feature_locality": {name: rows[0]["feature_locality"] for name, rows in results.items() if rows},
               "models": {name: aggregate(rows) for name, rows in results.items()}}
     out = Path(output_dir or Path(checkpoint) / "explain")
     out.mkdir(parents=True, exist_ok=True)
     path = out / "explain_report.json"
     path.write_text(json.dumps(report, indent=1))
     (out / "per_example.json").write_text(json.dumps(results))
+    _save_examples(examples, out)
     _plot(report, out)
-    logger.info("explanation report written to %s", path)
+    from ..report import write_report
+
+    html = write_report(out)
+    logger.info("explanation report written to %s and %s", path, html)
     return path
+
+
+def drawn_indices(data, n: int, k: int) -> list[int]:
+    """Up to `k` of the first `n` examples to draw: the first of each kind (a ``kind`` column), then the next ones."""
+    if k <= 0 or n <= 0:
+        return []
+    kinds = list(data.select_columns(["kind"]).select(range(n))["kind"]) if "kind" in data.column_names else [None] * n
+    first = {}
+    for i, kind in enumerate(kinds):
+        first.setdefault(kind, i)
+    chosen = sorted(first.values())[:k]
+    chosen += [i for i in range(n) if i not in chosen][: k - len(chosen)]
+    return sorted(chosen)
+
+
+def _token_strings(config, raw, indices: list[int]) -> dict[int, dict[str, list[str]]]:
+    """The token strings of the drawn examples' text modalities (the cache keeps features only), by the
+    checkpoint's own encoders; `{index: {modality: tokens}}`, an entry for every drawn index."""
+    out: dict[int, dict[str, list[str]]] = {i: {} for i in indices}
+    texts = [m for m in config.modalities if indices and isinstance(raw[indices[0]].get(m.get("column") or m["name"]), str)]
+    if not texts:
+        return out
+    from ..processing_fli2moe import FLI2MoEProcessor
+
+    encoders = FLI2MoEProcessor(config, load_encoders=False).encoders
+    for m in texts:
+        enc = encoders[m["name"]].encode([raw[i][m.get("column") or m["name"]] for i in indices], modality=m["name"])
+        for i, toks in zip(indices, enc.get("tokens") or []):
+            out[i][m["name"]] = list(toks)
+    return out
+
+
+def _pop_explanations(results: dict[str, list], raw, config) -> list[dict[str, Any]]:
+    """Move the drawn examples' explanations out of the per-example rows, with the raw inputs they explain."""
+    by_index: dict[int, dict[str, Any]] = {}
+    for name, rows in results.items():
+        for row in rows:
+            if "explanation" not in row:
+                continue
+            i = row["index"]
+            entry = by_index.setdefault(i, {"index": i, "explanations": {}, "inputs": {}})
+            entry["explanations"][name] = row.pop("explanation")
+            for key in ("label", "kind"):
+                if key in row:
+                    entry[key] = row[key]
+    for i, entry in by_index.items():
+        source = raw[i]
+        for m in config.modalities:
+            value = source.get(m.get("column") or m["name"])
+            entry["inputs"][m["name"]] = value
+    return [by_index[i] for i in sorted(by_index)]
+
+
+def _save_examples(examples: list[dict[str, Any]], out: Path) -> None:
+    """`examples.json` (explanations, texts, labels) and each drawn example's images as `examples/<index>_<modality>.png`."""
+    folder = out / "examples"
+    folder.mkdir(exist_ok=True)
+    records = []
+    for entry in examples:
+        inputs = {}
+        for name, value in entry["inputs"].items():
+            if hasattr(value, "save"):  # a PIL image
+                file = f"{entry['index']}_{name}.png"
+                value.convert("RGB").save(folder / file)
+                inputs[name] = {"image": f"examples/{file}"}
+            elif isinstance(value, str):
+                inputs[name] = {"text": value}
+        records.append({**entry, "inputs": inputs})
+    (out / "examples.json").write_text(json.dumps(records))
 
 
 def _plot(report: dict[str, Any], out: Path) -> None:
