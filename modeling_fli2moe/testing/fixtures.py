@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,26 @@ def _split3(ids: list[str], fractions: tuple[float, float]) -> dict[str, list[st
     return {"train": ids[:a], "validation": ids[a:b], "test": ids[b:]}
 
 
-def _kept(splits: dict[str, list[str]], bad_ids: set[str]) -> dict[str, list[str]]:
-    return {s: [i for i in ids if i not in bad_ids] for s, ids in splits.items()}
+def _described(
+    root: Path,
+    splits: dict[str, list[str]],
+    records: dict[str, Any],
+    corrupt: Path | None,
+    missing: Path | None,
+    spoil: Callable[[Path], None] = _garbage,
+) -> DatasetFixture:
+    """Spoil the file `corrupt` and delete `missing` (either may be None), and describe the fixture:
+    the ids a skipping loader keeps are those of neither file."""
+    bad: dict[Path, str] = {}
+    if corrupt is not None:
+        spoil(corrupt)
+        bad[corrupt] = "corrupt"
+    if missing is not None:
+        missing.unlink()
+        bad[missing] = "missing"
+    bad_ids = {p.stem for p in bad}
+    kept = {s: [i for i in ids if i not in bad_ids] for s, ids in splits.items()}
+    return DatasetFixture(root, splits, kept, bad, records)
 
 
 def write_mmimdb_fixture(
@@ -161,17 +180,10 @@ def write_mmimdb_fixture(
     (root / "split.json").write_text(
         json.dumps({"train": splits["train"], "dev": splits["validation"], "test": splits["test"]})
     )
-    bad: dict[Path, str] = {}
-    if corrupt:
-        p = data / f"{splits['train'][0]}.jpeg"
-        _truncate(p)
-        bad[p] = "corrupt"
-    if missing:
-        p = data / f"{splits['validation'][0]}.jpeg"
-        p.unlink()
-        bad[p] = "missing"
-    bad_ids = {p.stem for p in bad}
-    return DatasetFixture(root, splits, _kept(splits, bad_ids), bad, records)
+    return _described(root, splits, records,
+                      corrupt=data / f"{splits['train'][0]}.jpeg" if corrupt else None,
+                      missing=data / f"{splits['validation'][0]}.jpeg" if missing else None,
+                      spoil=_truncate)
 
 
 def write_enrico_fixture(
@@ -209,17 +221,9 @@ def write_enrico_fixture(
         _garbage(root / "wireframes" / f"{sid}.png")
     kept_ids = [sid for sid in ids if sid not in ENRICO_DROPPED_IDS]
     splits = enrico_split_ids(kept_ids)
-    bad: dict[Path, str] = {}
-    if corrupt:
-        p = root / "screenshots" / f"{splits['train'][0]}.jpg"
-        _garbage(p)
-        bad[p] = "corrupt"
-    if missing:
-        p = root / "wireframes" / f"{splits['test'][0]}.png"
-        p.unlink()
-        bad[p] = "missing"
-    bad_ids = {p.stem for p in bad}
-    return DatasetFixture(root, splits, _kept(splits, bad_ids), bad, topics)
+    return _described(root, splits, topics,
+                      corrupt=root / "screenshots" / f"{splits['train'][0]}.jpg" if corrupt else None,
+                      missing=root / "wireframes" / f"{splits['test'][0]}.png" if missing else None)
 
 
 def write_mmhs150k_fixture(
@@ -266,14 +270,6 @@ def write_mmhs150k_fixture(
     for split, name in (("train", "train_ids.txt"), ("validation", "val_ids.txt"), ("test", "test_ids.txt")):
         (root / "splits" / name).write_text("".join(f"{i}\n" for i in splits[split]))
     (root / "hatespeech_keywords.txt").write_text("keyword\n")
-    bad: dict[Path, str] = {}
-    if corrupt:
-        p = root / "img_resized" / f"{splits['train'][0]}.jpg"
-        _garbage(p)
-        bad[p] = "corrupt"
-    if missing:
-        p = root / "img_resized" / f"{splits['validation'][0]}.jpg"
-        p.unlink()
-        bad[p] = "missing"
-    bad_ids = {p.stem for p in bad}
-    return DatasetFixture(root, splits, _kept(splits, bad_ids), bad, gt)
+    return _described(root, splits, gt,
+                      corrupt=root / "img_resized" / f"{splits['train'][0]}.jpg" if corrupt else None,
+                      missing=root / "img_resized" / f"{splits['validation'][0]}.jpg" if missing else None)
