@@ -27,9 +27,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MODEL_TITLES", "feature_locality_note", "render_report", "write_report"]
+__all__ = ["MODEL_TITLES", "OUTPUT_UNITS", "feature_locality_note", "render_report", "write_report"]
 
 MODEL_TITLES = {"fl_i2moe": "FL-I2MoE", "dense": "Dense baseline"}
+#: the unit of SII and RG: the explanation games' value (`Explanation.output`), in words
+OUTPUT_UNITS = {"log_odds": "log-odds of the predicted label", "logit": "logit of the predicted label",
+                "probability": "probability of the predicted label"}
 _SPECIAL_TOKENS = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"}
 _HEAD_ROLES = {
     "mixture": "the router-weighted mixture, i.e. the model's prediction",
@@ -239,8 +242,7 @@ def _pairs_figure(name: str, exp, image, kind: str, text_mod: str, image_mod: st
 
 
 def _output_unit(exp) -> str:
-    return {"log_odds": "log-odds of the predicted label", "logit": "logit of the predicted label",
-            "probability": "probability of the predicted label"}.get(exp.output, exp.output)
+    return OUTPUT_UNITS.get(exp.output, exp.output)
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -356,6 +358,10 @@ def _token_highlights(exp, modality: str) -> str:
 
 def _example_pairs_table(exp) -> str:
     unit = _output_unit(exp)
+    regions = "token position in the other modality"
+    grids = [g for p in exp.synergy_pairs[:1] + exp.redundancy_pairs[:1] if (g := exp.grids.get(p.modality_b))]
+    if grids and grids[0][0] > 1:
+        regions = f"region index on the {grids[0][0]} x {grids[0][1]} grid (row x {grids[0][1]} + column, from 0)"
     rows = []
     for kind, pairs in (("synergy", exp.synergy_pairs), ("redundancy", exp.redundancy_pairs)):
         for p in pairs[:3]:
@@ -363,7 +369,7 @@ def _example_pairs_table(exp) -> str:
                          f"{_signed(p.sii)} ± {_num(p.sii_se)}", f"{_signed(p.redundancy_gap)} ± {_num(p.redundancy_gap_se)}"])
     return _table(
         [("kind", "top synergistic or redundant pair"), ("token", "caption token"),
-         ("region", "image region index (row x 7 + column on the 7 x 7 grid)"),
+         ("region", regions),
          ("SII ± s.e.", f"Shapley interaction, {unit}; > 0: the pair is worth more together"),
          ("RG ± s.e.", f"redundancy gap, {unit}; > 0: either token alone carries the evidence")],
         rows, cls="small",

@@ -50,6 +50,8 @@ def _ensure_package() -> None:
 
 _ensure_package()
 
+from modeling_fli2moe.report import OUTPUT_UNITS, feature_locality_note  # noqa: E402  (units and the leak note)
+
 try:  # ZeroGPU Spaces: the GPU is attached only inside functions decorated with @spaces.GPU
     import spaces  # noqa: E402
 
@@ -79,6 +81,12 @@ the prediction, how the router weighs each expert, which words and image regions
 and which word-region **pairs** act together: *synergistic* pairs (high Shapley interaction: the pair is
 worth more than its parts) and *redundant* pairs (high redundancy gap: either one alone carries the
 evidence). Masking those pairs is compared against masking random pairs, to show they matter.
+
+How to read the numbers: probabilities and router weights run from 0 to 1 (the router's weights of one
+example sum to 1); token and region shades are relative importance, scaled so that each expert's most
+important token or region is 1; SII and RG are in the log-odds of the predicted label (0 = no interaction;
+s.e. = their Monte Carlo standard error); a masking drop is the fall in the predicted label's probability
+(0 to 1).
 """
 
 
@@ -215,9 +223,7 @@ def explain(image, caption, budget, n_candidates, seed, progress=gr.Progress()):
     except ValueError as err:
         raise gr.Error(str(err)) from None
     progress(0.97, desc="drawing")
-    kinds = ", ".join(f"{m} {k}" for m, k in exp.feature_locality.items())
-    notes = [f"Features: {kinds} (local: a token's feature depends on that token alone, so masking it removes its "
-             "evidence; contextual: every token has seen the whole input, so evidence leaks between tokens)."]
+    notes = [feature_locality_note(exp.feature_locality)] if exp.feature_locality else []
     notes += list(notes_in) + list(exp.notes)
 
     routing = plt.figure(figsize=(5, 2.6))
@@ -225,7 +231,7 @@ def explain(image, caption, budget, n_candidates, seed, progress=gr.Progress()):
     names = list(exp.routing_weights)
     ax.barh(names, [exp.routing_weights[n] for n in names], color="#4c72b0")
     ax.set_xlim(0, 1)
-    ax.set_xlabel("router weight")
+    ax.set_xlabel("router weight (share of the prediction, 0 to 1)")
     ax.invert_yaxis()
     routing.tight_layout()
 
@@ -253,7 +259,13 @@ def explain(image, caption, budget, n_candidates, seed, progress=gr.Progress()):
     exp.to_json(path)
     label = {k: float(v) for k, v in exp.probabilities.items()}
     roles = "\n".join(f"- **{head}**: {EXPERT_ROLES.get(head, '')}" for head in exp.maps)
-    status = "\n\n".join(notes + [f"Spent {exp.evaluations} of {exp.budget} coalition evaluations in {exp.seconds:.1f} s."])
+    unit = OUTPUT_UNITS.get(exp.output, exp.output)
+    status = "\n\n".join(notes + [
+        f"Prediction: **{exp.label}** with probability {exp.probabilities[exp.label]:.3f} (0 to 1). SII and RG below "
+        f"are in the {unit}.",
+        f"Spent {exp.evaluations} of {exp.budget} coalition evaluations (forward passes of the model on masked "
+        f"inputs) in {exp.seconds:.1f} s.",
+    ])
     progress(1.0, desc="done")
     return (label, routing, highlights.get("mixture", []), *[highlights.get(h, []) for h in HEADS_SHOWN],
             gallery, table, syn_fig, red_fig, masking_fig, str(path), roles, status)
@@ -272,13 +284,26 @@ def _masking_figure(exp):
     steps = (pm.get("sii") or {}).get("steps") or []
     if steps:
         ax.errorbar([s["budget"] for s in steps], [s["random_mean"] for s in steps],
-                    yerr=[s["random_std"] for s in steps], fmt="--", color="gray", label="random pairs (10 draws)")
-    ax.set_xlabel("pairs masked")
-    ax.set_ylabel("drop in target probability")
+                    yerr=[s["random_std"] for s in steps], fmt="--", color="gray",
+                    label="random pairs (mean ± s.d. of 10 draws)")
+    ax.set_xlabel("pairs masked (both tokens of each)")
+    ax.set_ylabel("drop in target\nprobability (0 to 1)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _region_words() -> str:
+    """How the pairs table numbers image regions, from the checkpoint's image grid."""
+    from modeling_fli2moe.explain.explanation import grid_shape
+
+    config = getattr(SERVICE, "config", None)
+    image = next((m for m in (config.modalities if config is not None else []) if m["name"] == "image"), None)
+    if image is None or not image.get("max_tokens"):
+        return "the image grid cell, numbered row by row from 0"
+    rows, cols = grid_shape(int(image["max_tokens"]))
+    return f"the cell of the {rows} x {cols} image grid, numbered row x {cols} + column from 0"
 
 
 SERVICE: ExplainerService
@@ -298,31 +323,40 @@ def build_demo() -> gr.Blocks:
                 preview = gr.Image(label="Your image", interactive=False, height=220)
                 caption = gr.Textbox(label="Caption", lines=2, elem_id="caption")
                 with gr.Accordion("Settings", open=False):
-                    budget = gr.Slider(256, 8192, value=2048, step=256, label="Budget (coalition evaluations)")
-                    n_candidates = gr.Slider(2, 16, value=6, step=1, label="Candidates per modality")
-                    seed = gr.Number(value=0, precision=0, label="Seed")
+                    budget = gr.Slider(256, 8192, value=2048, step=256,
+                                       label="Budget: coalition evaluations (forward passes on masked inputs)")
+                    n_candidates = gr.Slider(2, 16, value=6, step=1,
+                                             label="Candidates per modality: words or regions whose pairs are scored")
+                    seed = gr.Number(value=0, precision=0, label="Seed (random_state of the Monte Carlo estimates)")
                 button = gr.Button("Explain", variant="primary", elem_id="explain-button")
                 if examples:
                     gr.Examples(examples=examples, inputs=[image, caption], label="Planted examples")
             with gr.Column(scale=2):
                 status = gr.Markdown(elem_id="status")
                 with gr.Row():
-                    label = gr.Label(label="Prediction", num_top_classes=5)
-                    routing = gr.Plot(label="Router weights over the experts")
+                    label = gr.Label(label="Prediction: probability of each label (0 to 1)", num_top_classes=5)
+                    routing = gr.Plot(label="Router weights over the experts (0 to 1, summing to 1)")
                 roles = gr.Markdown()
         with gr.Tab("Tokens and regions"):
-            mixture_text = gr.HighlightedText(label="mixture: caption tokens", elem_id="tokens-mixture")
-            expert_texts = [gr.HighlightedText(label=f"{h}: caption tokens") for h in HEADS_SHOWN]
-            heatmaps = gr.Gallery(label="Image heatmaps (mixture and each expert)", columns=5, height=260, elem_id="heatmaps")
+            shade = "shade = importance, 1 = the head's most important token"
+            mixture_text = gr.HighlightedText(label=f"mixture: caption tokens ({shade})", elem_id="tokens-mixture")
+            expert_texts = [gr.HighlightedText(label=f"{h}: caption tokens ({shade})") for h in HEADS_SHOWN]
+            heatmaps = gr.Gallery(label="Image heatmaps, mixture and each expert (red = the head's most important "
+                                        "region, blue = unimportant)", columns=5, height=260, elem_id="heatmaps")
         with gr.Tab("Interacting pairs"):
+            unit = OUTPUT_UNITS.get(getattr(SERVICE.explainer, "output", "log_odds"), "log-odds of the predicted label")
             pairs = gr.Dataframe(
                 headers=["kind", "token", "region", "SII", "SII s.e.", "RG", "RG s.e."],
-                label="Top synergistic and redundant pairs", elem_id="pairs-table", wrap=True,
+                label=(f"Top synergistic and redundant pairs. region: {_region_words()}; SII: Shapley "
+                       f"interaction, {unit} (> 0: the pair is worth more together); RG: redundancy gap, {unit} "
+                       "(> 0: either one alone carries the evidence); s.e.: Monte Carlo standard error"),
+                elem_id="pairs-table", wrap=True,
             )
             with gr.Row():
-                synergy_plot = gr.Plot(label="Synergistic pairs (token -> region)")
-                redundancy_plot = gr.Plot(label="Redundant pairs (token -> region)")
-            masking = gr.Plot(label="Masking the top pairs vs random pairs (this example)")
+                synergy_plot = gr.Plot(label=f"Synergistic pairs (token -> region; the number: SII, {unit})")
+                redundancy_plot = gr.Plot(label=f"Redundant pairs (token -> region; the number: RG, {unit})")
+            masking = gr.Plot(label="Masking the top pairs vs random pairs (this example; drop in the predicted "
+                                    "label's probability, 0 to 1)")
         download = gr.File(label="Explanation (JSON)")
         image.change(_preview, inputs=image, outputs=preview)
         button.click(

@@ -78,6 +78,11 @@ def test_api_explain_returns_a_consistent_explanation(server, planted_example):
         assert {p["modality_a"], p["modality_b"]} == {"text", "image"}
         assert 0 <= p["position_b"] < 49
     assert abs(sum(exp["routing_weights"].values()) - 1) < 1e-4
+    # the numbers say what they are: the status names the features' kind (and where evidence leaks), the units
+    status = result[-1]
+    assert "Features (text: local, image: local)" in status and "evidence leaks between tokens" in status
+    assert "(0 to 1)" in status and "in the log-odds of the predicted label" in status
+    assert "coalition evaluations (forward passes of the model on masked inputs)" in status
 
 
 def test_api_bad_input_is_a_message_not_a_traceback(server, planted_example, tmp_path):
@@ -119,6 +124,7 @@ def test_browser_upload_type_click_and_see_results(server, planted_example, tmp_
             page.get_by_role("tab", name="Interacting pairs").click()
             page.locator("#pairs-table").get_by_text("synergy").first.wait_for(timeout=30_000)
             assert page.locator("#pairs-table").get_by_text("redundancy").count() >= 1
+            assert page.get_by_text("numbered row x 7 + column from 0").count() >= 1  # what the region numbers mean
             assert "Traceback" not in page.content()
         finally:
             page.screenshot(path=str(shots / "space.png"), full_page=True)
