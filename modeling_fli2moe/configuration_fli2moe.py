@@ -10,7 +10,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-REPLACEMENT_MODES = ("noise", "zero", "mean")
+FILLS = ("noise", "zero", "mean")
 INTERACTION_SPACES = ("latent", "logits")
 MIXTURES = ("interaction", "dense")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -55,8 +55,9 @@ class FLI2MoEConfig(PreTrainedConfig):
         interaction_loss_weight (`float`, defaults to 0.5): lambda_int in
             `L = L_task + lambda_int * mean_e L_int(e)`.
         triplet_margin (`float`, defaults to 1.0): margin of the uniqueness experts' triplet loss.
-        replacement (`str`, defaults to `"noise"`): how a knocked-out modality is filled in the
-            interaction losses: `noise` (N(0, 1)), `zero` or `mean` (the dataset-mean token).
+        fill (`str`, defaults to `"noise"`): what fills a knocked-out modality's projected tokens in the
+            interaction losses: `noise` (N(0, 1)), `zero` or `mean` (the dataset-mean token). (`replacement`,
+            its name in earlier config files, is read as `fill`.)
         interaction_space (`str`, defaults to `"latent"`): where interaction losses compare the clean
             and perturbed passes: `latent` (pooled expert latents) or `logits`.
         mixture (`str`, defaults to `"interaction"`): `interaction` (M uniqueness experts, a synergy and a
@@ -90,12 +91,17 @@ class FLI2MoEConfig(PreTrainedConfig):
         router_temperature: float = 2.0,
         interaction_loss_weight: float = 0.5,
         triplet_margin: float = 1.0,
-        replacement: str = "noise",
+        fill: str | None = None,
         interaction_space: str = "latent",
         mixture: str = "interaction",
         initializer_range: float = 0.02,
+        replacement: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if replacement is not None:  # the earlier name of `fill`, in older config.json and run config files
+            if fill is not None and fill != replacement:
+                raise ValueError(f"FLI2MoEConfig: fill={fill!r} and replacement={replacement!r} (its earlier name) disagree")
+            fill = replacement
         if modalities is None:
             modalities = [
                 {"name": "text", "input_dim": 384, "max_tokens": 64},
@@ -112,7 +118,7 @@ class FLI2MoEConfig(PreTrainedConfig):
         self.router_temperature = router_temperature
         self.interaction_loss_weight = interaction_loss_weight
         self.triplet_margin = triplet_margin
-        self.replacement = replacement
+        self.fill = "noise" if fill is None else fill
         self.interaction_space = interaction_space
         self.mixture = mixture
         self.initializer_range = initializer_range
@@ -218,9 +224,9 @@ class FLI2MoEConfig(PreTrainedConfig):
             f"expected a float >= 0, got {self.interaction_loss_weight!r}",
         )
         _require(
-            self.replacement in REPLACEMENT_MODES,
-            "replacement",
-            f"expected one of {list(REPLACEMENT_MODES)}, got {self.replacement!r}",
+            self.fill in FILLS,
+            "fill",
+            f"expected one of {list(FILLS)}, got {self.fill!r}",
         )
         _require(
             self.interaction_space in INTERACTION_SPACES,

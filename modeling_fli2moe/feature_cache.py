@@ -331,7 +331,7 @@ def verify_cache_file(path: str | os.PathLike, rows: int, modality: str) -> bool
 
 def modality_means(cached_train: Dataset, config: FLI2MoEConfig, batch_size: int = 512) -> dict[str, torch.Tensor]:
     """Per-modality dataset-mean token over the valid tokens of the (cached) train split: the
-    masking / replacement baseline. Returns ``{name: float32 tensor (input_dim,)}``."""
+    masking / knock-out fill. Returns ``{name: float32 tensor (input_dim,)}``."""
     names = config.modality_names
     cols = [c for n in names for c in feature_columns(n)[:2]]
     missing = [c for c in cols if c not in cached_train.column_names]

@@ -332,7 +332,7 @@ def _card_body(
     ds_name, ds_about = dataset
     hyper = {
         "interaction loss weight (lambda_int)": cfg.get("interaction_loss_weight"),
-        "knock-out replacement": cfg.get("replacement"),
+        "knock-out fill": cfg.get("fill", cfg.get("replacement")),
         "interaction space": cfg.get("interaction_space"),
         "dropout": cfg.get("dropout"),
         "router layers": cfg.get("router_layers"),

@@ -8,9 +8,9 @@ modality) read that sequence; each pools every modality by a masked mean and cla
 concatenated means. With `mixture="interaction"` there are M + 2 experts: one *uniqueness* expert per
 modality, a *synergy* and a *redundancy* expert, and a router (an MLP over the pooled projected
 modalities, softmax with temperature) whose weights mix the experts' logits. In training, each
-modality in turn is replaced (`config.replacement`: noise, zeros or its dataset-mean token) and the
+modality in turn is knocked out (its tokens filled by `config.fill`: noise, zeros or its dataset-mean token) and the
 experts' interaction losses compare the clean and replaced passes: a uniqueness expert must move most
-when its own modality is replaced (triplet loss), the synergy expert must change under any replacement,
+when its own modality is knocked out (triplet loss), the synergy expert must change under any knock-out,
 the redundancy expert must not. `mixture="dense"` is one expert and no router (the baseline).
 
 The experts' weights carry a leading expert dimension, so that all experts, and the clean and replaced
@@ -544,7 +544,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         self.modality_names = list(config.modality_names)
         self.projections = nn.ModuleDict({m["name"]: nn.Linear(m["input_dim"], h) for m in config.modalities})
         self.modality_embeddings = nn.Embedding(config.num_modalities, h)
-        # per-modality dataset-mean feature token: the fill for "mean" replacement and for the explanation probes
+        # per-modality dataset-mean feature token: the "mean" fill of knocked-out modalities and of absent players
         self.modality_means = ModalityMeans(config)
         self.experts = StackedExperts(config, config.num_experts)
         self.router = Router(config) if config.mixture == "interaction" else None
@@ -704,11 +704,12 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
             return torch.ones(any_x.shape[0], 1, dtype=any_x.dtype, device=any_x.device)
         return self.router([masked_mean(projected[n], masks[n]) for n in self.modality_names])
 
-    def replacement_fill(
+    def fill_tokens(
         self, name: str, like: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """The projected tokens that replace modality `name` in the interaction losses (`config.replacement`)."""
-        mode = self.config.replacement
+        """The projected tokens that fill knocked-out modality `name` in the interaction losses (`config.fill`),
+        shaped like `like`."""
+        mode = self.config.fill
         if mode == "noise":
             return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
         if mode == "zero":
@@ -801,7 +802,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
                 `model.set_attn_implementation("eager")`); the default `sdpa` does not compute them.
             compute_interaction_loss: run the knocked-out passes and add the interaction loss; default: when
                 `labels` are given and the mixture is `interaction`.
-            generator: random generator for the `noise` replacement (global RNG when None).
+            generator: random generator for the `noise` fill (global RNG when None).
             return_dict: return an `FLI2MoEOutput` (default, `config.return_dict`) or a tuple of its
                 non-`None` fields in order.
 
@@ -839,7 +840,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
             copies = {n: [projected[n]] for n in names}
             for j in names:
                 for n in names:
-                    copies[n].append(self.replacement_fill(n, projected[n], generator) if n == j else projected[n])
+                    copies[n].append(self.fill_tokens(n, projected[n], generator) if n == j else projected[n])
             stacked = {n: torch.cat(copies[n], dim=0) for n in names}
             stacked_masks = {n: masks[n].repeat(len(names) + 1, 1) for n in names}
         else:

@@ -107,9 +107,9 @@ def sequential_forward(model: FLI2MoEModel, features: dict, masks: dict, labels=
 
     knocked = {}  # knocked[j][e] = (logits, latent) of expert e with modality j replaced
     for j in names:
-        if cfg.replacement == "noise":
+        if cfg.fill == "noise":
             fill = torch.randn(projected[j].shape, generator=generator, device=projected[j].device)
-        elif cfg.replacement == "zero":
+        elif cfg.fill == "zero":
             fill = torch.zeros_like(projected[j])
         else:
             fill = model.projections[j](getattr(model.modality_means, j)).expand_as(projected[j])

@@ -40,7 +40,7 @@ CONFIG = {
     "num_heads": 4,
     "mixture": "interaction",
     "interaction_loss_weight": 0.5,
-    "replacement": "noise",
+    "fill": "noise",
     "problem_type": "multi_label_classification",
     "id2label": {"0": "Drama", "1": "Comedy", "2": "Romance"},
 }
