@@ -23,6 +23,7 @@ standard library (and `integrity.py` beside it).
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -569,22 +570,36 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         """The dataset-mean feature tokens `{name: (D_m,)}` (zeros until `set_modality_means`)."""
         return {name: getattr(self.modality_means, name) for name in self.modality_names}
 
+    def resolve_head(self, head: int | str) -> str:
+        """The canonical name of a head: `"mixture"` or an expert name (`config.expert_names`; `"dense"` for
+        the dense baseline), from that name or an expert index. Raises `ValueError` for any other value."""
+        names = list(self.config.expert_names)
+        if head == "mixture" or (isinstance(head, str) and head in names):
+            return head
+        if not isinstance(head, (str, bool)):
+            try:
+                index = operator.index(head)  # int or numpy integer
+            except TypeError:
+                index = None
+            if index is not None and 0 <= index < len(names):
+                return names[index]
+        raise ValueError(
+            f"unknown head {head!r}; use 'mixture', one of this model's experts {names} or an expert index in "
+            f"[0, {len(names)})"
+        )
+
     def resolve_experts(self, experts: int | str | Sequence[int | str] | None) -> torch.Tensor | None:
-        """Turn expert names or indices into an index tensor (None = all experts)."""
+        """Expert names or indices (see `resolve_head`) as an index tensor (None = all experts)."""
         if experts is None:
             return None
         items = [experts] if isinstance(experts, (int, str)) else list(experts)
         names = self.config.expert_names
         idx = []
         for item in items:
-            if isinstance(item, str):
-                if item not in names:
-                    raise ValueError(f"unknown expert {item!r}; this model's experts are {names}")
-                idx.append(names.index(item))
-            else:
-                if not 0 <= int(item) < len(names):
-                    raise ValueError(f"expert index {item} out of range; this model has {len(names)} experts {names}")
-                idx.append(int(item))
+            name = self.resolve_head(item)
+            if name == "mixture":
+                raise ValueError("'mixture' is not an expert; name experts by config.expert_names or index")
+            idx.append(names.index(name))
         return torch.tensor(idx, dtype=torch.long, device=self.device)
 
     def _check_inputs(
@@ -910,9 +925,8 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         names = self.modality_names
         hidden, segments = self.embed(projected)
         token_mask = torch.cat([masks[n].bool() for n in names], dim=1)
-        if head == "mixture" or self.config.mixture == "dense":
-            if head not in ("mixture", 0, "dense"):
-                self.resolve_experts(head)  # raises a clear error for an unknown head
+        head = self.resolve_head(head)
+        if head == "mixture" or self.config.mixture == "dense":  # the dense model's one expert is its output
             weights = self.route(projected, {n: masks[n].bool() for n in names})
             logits, _, _ = self.experts(hidden, token_mask, segments)
             return torch.einsum("be,ebc->bc", weights.to(logits.dtype), logits)

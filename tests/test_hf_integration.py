@@ -44,7 +44,7 @@ def test_save_pretrained_writes_remote_code_and_auto_map(saved):
             if line.startswith(("import ", "from ")):
                 module = line.split()[1]
                 assert module.split(".")[0] in {"torch", "transformers", "__future__", "logging", "math", "copy",
-                                                "typing", "collections", "dataclasses", "warnings", ""}, line
+                                                "typing", "collections", "dataclasses", "warnings", "operator", ""}, line
 
 
 def test_remote_code_in_a_fresh_process_without_the_package(saved):

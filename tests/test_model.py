@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,8 +179,14 @@ def test_single_expert_head_matches_full_model(generator):
     for e, name in enumerate(cfg.expert_names):
         torch.testing.assert_close(model.head_logits(feats, masks, head=name), out.expert_logits[:, e], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model.head_logits(feats, masks, head="mixture"), out.logits)
-    with pytest.raises(ValueError, match="unknown expert 'synergyy'"):
-        model.head_logits(feats, masks, head="synergyy")
+    for bad in ("synergyy", 4, -1, True, 1.0):
+        with pytest.raises(ValueError, match=rf"unknown head {bad!r}; use 'mixture', one of this model's experts"):
+            model.head_logits(feats, masks, head=bad)
+    assert [model.resolve_head(h) for h in ("mixture", "synergy", 0, np.int64(3))] == [
+        "mixture", "synergy", "uniqueness_text", "redundancy"]
+    assert model.resolve_experts(["synergy", 1]).tolist() == [2, 1]
+    with pytest.raises(ValueError, match="'mixture' is not an expert"):
+        model.resolve_experts("mixture")
 
 
 def test_multi_label_and_regression_losses(generator):
