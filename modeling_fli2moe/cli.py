@@ -103,6 +103,7 @@ def _explain(args: argparse.Namespace) -> int:
         dense_checkpoint=args.dense_checkpoint,
         data_dir=args.data_dir,
         cache_dir=args.cache_dir,
+        n_drawn=args.draw,
     )
     if report is not None:
         print(f"numbers: {report}")
@@ -175,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--cache-dir", default=None)
     explain.add_argument("--budget", type=int, default=2048)
     explain.add_argument("--seed", type=int, default=0)
+    explain.add_argument("--draw", type=int, default=4, metavar="N",
+                         help="examples drawn in report.html (token highlights, heatmaps, pair links); the first of "
+                              "each kind first")
     explain.set_defaults(func=_explain)
 
     space = sub.add_parser("space", help="build a self-contained Gradio Space folder for a checkpoint, or push one")

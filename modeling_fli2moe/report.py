@@ -134,9 +134,10 @@ def _faithfulness_figure(name: str, curves: dict[str, Any], head: str) -> str:
         ax.set_xlabel("K (% of the modality's tokens)")
         ax.set_ylabel("drop in target probability")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle(f"{_title(name)}: {head} head", fontsize=10)
     fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=3, fontsize=7, frameon=False)
     return _figure(
         fig, f"faithfulness curves of {_title(name)}",
         f"{_e(_title(name))}, {_e(head)} head, mean over examples. Solid: masking by the map; dashed: masking random "
@@ -439,6 +440,52 @@ table.small { font-size: .8em; }
 """
 
 
+def _k_list(models: dict[str, Any]) -> str:
+    for agg in models.values():
+        for curve in ((agg.get("faithfulness_curves") or {}).get("mixture") or {}).values():
+            return ", ".join(f"{k:g}" for k in curve["k_percent"])
+    return "5, 10, 15, 20, 25"
+
+
+def _side(blocks: list[str]) -> str:
+    """The models' blocks in columns, side by side."""
+    return '<div class="side">' + "".join(f'<div class="col">{b}</div>' for b in blocks) + "</div>"
+
+
+def _summary_table(models: dict[str, Any]) -> str:
+    """The headline numbers of every model in one table (mixture head, all modalities jointly)."""
+    def faith(agg, key):
+        return ((agg.get("faithfulness") or {}).get("mixture") or {}).get("all", {}).get(key)
+
+    def conc(agg):
+        return ((agg.get("concentration") or {}).get("mixture") or {}).get("entropy", {}).get("all")
+
+    def overlap(agg):
+        value = (agg.get("specificity_mean_jaccard") or {}).get("all")
+        return _num(value) if value is not None and math.isfinite(value) else "n/a (one expert)"
+
+    def pairs(agg, key):
+        step = ((agg.get("pair_masking") or {}).get(key) or {}).get("1") or {}
+        test = step.get("test") or {}
+        return f"{_num(test.get('mean_difference'))} (p = {_p(test.get('p_value'))})" if step else "n/a"
+
+    measures = [
+        ("comprehensiveness gap", "map minus random, mean drop in target probability (0 to 1) over K; > 0: faithful",
+         lambda a: _num(faith(a, "comprehensiveness_gap"))),
+        ("sufficiency gap", "random minus map, mean drop in target probability (0 to 1) over K; > 0: faithful",
+         lambda a: _num(faith(a, "sufficiency_gap"))),
+        ("map entropy", "normalised entropy of the mixture's map: 0 = one token, 1 = uniform", lambda a: _num(conc(a))),
+        ("expert overlap", "mean Jaccard overlap of the experts' top-10 % tokens: 0 = disjoint, 1 = identical",
+         overlap),
+        ("top SII pair vs random", "ranked minus random drop in target probability when masking 1 pair, one-sided "
+                                   "Wilcoxon p-value", lambda a: pairs(a, "sii")),
+        ("top RG pair vs random", "the same, the pair ranked by redundancy gap", lambda a: pairs(a, "redundancy_gap")),
+    ]
+    rows = [[f"<b>{_e(m)}</b>", *[f(models[n]) for n in models], _e(words)] for m, words, f in measures]
+    return _table([("measure", "mixture head, both modalities"), *[(_title(n), "this model") for n in models],
+                   ("meaning", "what the number measures, in which unit")], rows)
+
+
 def render_report(report: dict[str, Any], examples: list[dict[str, Any]] | None = None,
                   root: str | os.PathLike | None = None) -> str:
     """The report page as one HTML string. `report`: the dict of `explain_report.json`; `examples`: the list of
@@ -447,7 +494,6 @@ def render_report(report: dict[str, Any], examples: list[dict[str, Any]] | None 
     names = list(models)
     root = Path(root) if root is not None else None
     label_names = {int(k): v for k, v in (report.get("id2label") or {}).items()}
-    side = lambda blocks: '<div class="side">' + "".join(f'<div class="col">{b}</div>' for b in blocks) + "</div>"  # noqa: E731
 
     header = [f"<h1>Explanation report: {' and '.join(_e(_title(n)) for n in names)}</h1>",
               "<p>" + "<br>".join(filter(None, [
@@ -461,35 +507,36 @@ def render_report(report: dict[str, Any], examples: list[dict[str, Any]] | None 
         note = feature_locality_note(locality)
         if note:
             header.append(f'<p class="note">{_e(_title(name))}: {_e(note)}</p>')
-    header.append('<p>Contents: <a href="#faithfulness">faithfulness</a> · <a href="#concentration">concentration and '
+    header.append('<p>Contents: <a href="#summary">summary</a> · <a href="#faithfulness">faithfulness</a> · <a href="#concentration">concentration and '
                   'specificity</a> · <a href="#pairs">pair masking</a> · <a href="#routing">routing</a> · '
                   '<a href="#examples">examples</a></p>')
 
-    sections = ['<h2 id="faithfulness">Faithfulness: masking the top-K % tokens of each map</h2>',
+    sections = ['<h2 id="summary">Summary</h2>', _summary_table(models),
+                '<h2 id="faithfulness">Faithfulness: masking the top-K % tokens of each map</h2>',
                 "<p>Does a head's map point at the tokens its prediction depends on? Remove the map's top K % of a "
                 "modality's tokens (comprehensiveness: the probability should drop more than when removing random "
                 "tokens) or keep only them (sufficiency: it should drop less than with random tokens kept), for "
-                "K = 5, 10, 15, 20, 25 %. AOPC is the mean over K.</p>"]
-    sections.append(side([_faithfulness_figure(n, (models[n].get("faithfulness_curves") or {}).get("mixture", {}),
+                f"K = {_k_list(models)} %. AOPC is the mean over K.</p>"]
+    sections.append(_side([_faithfulness_figure(n, (models[n].get("faithfulness_curves") or {}).get("mixture", {}),
                                                "mixture") for n in names]))
-    sections.append(side([f"<h4>{_e(_title(n))}: AOPC of every head</h4>" + _aopc_table(models[n]) for n in names]))
+    sections.append(_side([f"<h4>{_e(_title(n))}: AOPC of every head</h4>" + _aopc_table(models[n]) for n in names]))
 
     sections += ['<h2 id="concentration">Concentration and specificity of the maps</h2>',
                  "<p>Means over examples. A concentrated map puts its mass on few tokens; specific experts look at "
                  "different tokens from each other.</p>"]
-    sections.append(side([f"<h4>{_e(_title(n))}: concentration</h4>" + _concentration_table(models[n]) for n in names]))
-    sections.append(side([f"<h4>{_e(_title(n))}: specificity</h4>" + _specificity_table(models[n]) for n in names]))
+    sections.append(_side([f"<h4>{_e(_title(n))}: concentration</h4>" + _concentration_table(models[n]) for n in names]))
+    sections.append(_side([f"<h4>{_e(_title(n))}: specificity</h4>" + _specificity_table(models[n]) for n in names]))
 
     sections += ['<h2 id="pairs">Pair masking: ranked pairs against random pairs</h2>',
                  "<p>Mask both tokens of the B cross-modal pairs ranked highest by their Shapley interaction (SII) or "
                  "redundancy gap (RG), and compare the drop with B random candidate pairs (10 draws per example, as "
                  "many distinct tokens). If the ranking finds pairs that matter, the ranked drop is above the random "
                  "one and the paired test's p-value is small.</p>"]
-    sections.append(side([_pair_masking_figure(n, models[n].get("pair_masking") or {}) for n in names]))
-    sections.append(side([f"<h4>{_e(_title(n))}</h4>" + _pair_table(models[n]) for n in names]))
+    sections.append(_side([_pair_masking_figure(n, models[n].get("pair_masking") or {}) for n in names]))
+    sections.append(_side([f"<h4>{_e(_title(n))}</h4>" + _pair_table(models[n]) for n in names]))
 
     sections += ['<h2 id="routing">Routing: the weight of each expert</h2>']
-    sections.append(side([_routing_figure(n, models[n]) + _routing_table(models[n]) if models[n].get("routing_weights")
+    sections.append(_side([_routing_figure(n, models[n]) + _routing_table(models[n]) if models[n].get("routing_weights")
                           else f"<p>{_e(_title(n))}: no routing weights recorded.</p>" for n in names]))
 
     sections += ['<h2 id="examples">Examples explained</h2>']

@@ -174,7 +174,7 @@ def test_report_opens_in_chromium_with_every_figure(explained):
             assert len(images) == len(page_tags.images)
             broken = [i["alt"] for i in images if not (i["complete"] and i["width"] > 0 and i["shown"] > 0)]
             assert not broken, broken
-            assert page.locator("h2").count() == 5 and page.locator("table").count() >= 10
+            assert page.locator("h2").count() == 6 and page.locator("table").count() >= 10
             assert not errors, errors
             page.screenshot(path=str(shots / "report.png"), full_page=True)
         finally:
