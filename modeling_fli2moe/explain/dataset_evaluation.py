@@ -218,6 +218,7 @@ def run_dataset_explanation(
     indices = list(range(n))
     drawn = drawn_indices(data, n, n_drawn)
     tokens = _token_strings(models["fl_i2moe"].config, raw, drawn)
+    drawn = set(drawn)
     results: dict[str, list] = {}
     with state.split_between_processes(indices) as mine:
         for name, model in models.items():
@@ -225,7 +226,7 @@ def run_dataset_explanation(
             rows = []
             for i in tqdm(mine, desc=f"explaining {split} ({name})", disable=not state.is_local_main_process):
                 row = explain_example(model, data[i], budget, n_candidates, random_state + i,
-                                      keep_explanation=i in tokens, tokens=tokens.get(i))
+                                      keep_explanation=i in drawn, tokens=tokens.get(i))
                 rows.append({"index": i, **row})
             results[name] = rows
     if state.num_processes > 1:
