@@ -1,8 +1,8 @@
 """Leakage audit: does a token's evidence stay in that token's feature (local) or leak (contextual)?
 
 1. Cue decodability on the planted benchmark (ground truth known), per feature setting: a 5-fold
-   logistic probe reads the synergy word's bit from the evidence token's feature and from the mean of
-   the *other* caption tokens; the synergy object's bit from the evidence cell and from the mean of the
+   logistic probe reads the redundancy word's bit from the evidence token's feature and from the mean of
+   the *other* caption tokens; the redundancy object's bit from the evidence cell and from the mean of the
    cells more than one cell away.
 2. For a checkpoint (--checkpoint, any number): the share of the planted tokens' input-level removal
    effect that survives masking their feature alone (`masking_survival`), and the cost of the
@@ -42,8 +42,8 @@ def decodability(rows, n_folds: int) -> None:
     from modeling_fli2moe.encoders import build_encoder
     from modeling_fli2moe.explain import cue_decodability
 
-    words = [EVIDENCE_WORDS["synergy"].index(r["evidence_word"]) for r in rows]
-    objects = [[o.name for o in EVIDENCE_OBJECTS["synergy"]].index(r["evidence_object"]) for r in rows]
+    words = [EVIDENCE_WORDS["redundancy"].index(r["evidence_word"]) for r in rows]
+    objects = [[o.name for o in EVIDENCE_OBJECTS["redundancy"]].index(r["evidence_object"]) for r in rows]
     for name, (text_spec, image_spec) in SETTINGS.items():
         t0 = time.perf_counter()
         text = build_encoder(text_spec).encode([r["text"] for r in rows])
@@ -110,7 +110,7 @@ def survival(ckpt: Path, rows, n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=160, help="synergy examples for the probes (0 = skip them)")
+    parser.add_argument("--n", type=int, default=160, help="redundancy examples with both cues for the probes (two values per cue) (0 = skip them)")
     parser.add_argument("--n-survival", type=int, default=20, help="examples per checkpoint for the survival audit")
     parser.add_argument("--checkpoint", nargs="*", default=[])
     parser.add_argument("--data-dir", default=str(ROOT / "outputs" / "planted" / "data"))
@@ -120,11 +120,11 @@ def main() -> None:
 
     data = Path(args.data_dir)
     ds = load_planted(data) if (data / "dataset_dict.json").is_file() else make_planted(300, random_state=0)
-    train = [r for r in ds["train"] if r["kind"] == "synergy" and r["evidence_word"] and r["evidence_object"]][: args.n]
+    train = [r for r in ds["train"] if r["kind"] == "redundancy" and r["evidence_word"] and r["evidence_object"]][: args.n]
     if train:
-        print(f"1. cue decodability, {len(train)} synergy examples (5-fold logistic probes)")
+        print(f"1. cue decodability, {len(train)} redundancy examples (5-fold logistic probes)")
         decodability(train, 5)
-    rows = [r for r in ds["test"] if r["kind"] in ("synergy", "redundancy")]
+    rows = [r for r in ds["test"] if r["kind"] in ("synergy", "redundancy") and r["text_positions"] and r["image_regions"]]
     for ckpt in args.checkpoint:
         print("2. masking survival of the planted tokens")
         survival(Path(ckpt), rows, args.n_survival)

@@ -3,10 +3,12 @@
 For the synergy and redundancy examples of the planted test split (and the uniqueness kinds for the
 experts' own-modality share), with `Explainer` at its shipped defaults unless a flag changes one:
 
-- top-SII pair = the planted (word, region within one cell) pair, synergy examples;
+- top-SII pair = the planted (word, region within one cell) pair, in the synergy examples that carry it
+  (both presence-coded cues present: a quarter of the synergy examples);
 - top-RG pair = the planted pair, redundancy examples;
 - candidate recall: the planted word / region among the candidate players;
-- masking the top-1 pair by SII / by RG against random pairs (paired Wilcoxon over all examples);
+- masking the top-1 pair by SII / by RG against random pairs (paired Wilcoxon), in the score's own kind
+  (SII: synergy examples, RG: redundancy examples) and over both kinds together;
 - own-modality attribution share of each uniqueness expert (all kinds, and its own kind);
 - the occlusion check: masking the planted pair drops p(target) by >= 0.1 (the model uses it), and
   the hit rates restricted to the examples where it holds; and the stricter check that masking each
@@ -99,6 +101,9 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
     needs_both: dict[str, list[bool]] = {}
     hits_both: dict[str, list[bool]] = {}
     drops = {"sii": ([], []), "redundancy_gap": ([], [])}
+    # the score's own kind: the top SII pair in the synergy examples, the top RG pair in the redundancy ones
+    own_drops = {"sii": ([], []), "redundancy_gap": ([], [])}
+    own_kind = {"sii": "synergy", "redundancy_gap": "redundancy"}
     share = {"all": {}, "own kind": {}}
     conc = {"entropy": [], "top_mass": []}
     seconds, contexts = [], []
@@ -157,6 +162,9 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
                 if steps:
                     drops[key][0].append(steps[0]["ranked_drop"])
                     drops[key][1].append(steps[0]["random_mean"])
+                    if kind == own_kind[key]:
+                        own_drops[key][0].append(steps[0]["ranked_drop"])
+                        own_drops[key][1].append(steps[0]["random_mean"])
             if args.reference_budget:
                 ref_game = FeatureGame(model, enc["features"], enc["attention_mask"], enc["player_mask"],
                                        head="mixture", output=explainer.output, groups=groups,
@@ -194,6 +202,12 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
         "seconds per example (median, max)": (round(float(np.median(seconds)), 2), round(float(np.max(seconds)), 2)),
         "sampled contexts per pair (min)": int(min(contexts)) if contexts else 0,
     }
+    for key, (ranked, random) in own_drops.items():
+        test = paired_test(ranked, random) if len(ranked) > 1 else {}
+        report[f"masking top-1 by {key}, {own_kind[key]} examples"] = {
+            "ranked": round(float(np.mean(ranked)), 4) if ranked else None,
+            "random": round(float(np.mean(random)), 4) if random else None, "n": len(ranked),
+            "p": test.get("p_value")}
     for key, (ranked, random) in drops.items():
         test = paired_test(ranked, random) if len(ranked) > 1 else {}
         report[f"masking top-1 by {key}"] = {"ranked": round(float(np.mean(ranked)), 4),
@@ -224,8 +238,9 @@ def main() -> None:
 
     ckpt = Path(args.checkpoint)
     test = load_planted(args.data_dir or ckpt.parent / "data")["test"]
-    rows_by_kind = {k: [r for r in test if r["kind"] == k][: args.n]
-                    for k in ("synergy", "redundancy", "unique-text", "unique-image")}
+    # synergy: the examples that carry the planted pair (both presence-coded cues)
+    rows_by_kind = {k: [r for r in test if r["kind"] == k and (k != "synergy" or r["text_positions"] and r["image_regions"])]
+                    [: args.n] for k in ("synergy", "redundancy", "unique-text", "unique-image")}
     reports = {"fl_i2moe": run(ckpt, rows_by_kind, args, "fl_i2moe")}
     if args.dense:
         dense_args = argparse.Namespace(**{**vars(args), "reference_budget": 0})

@@ -43,6 +43,10 @@ def _print_result(result) -> None:
     print(f"checkpoint: {result.output_dir.resolve()}")
 
 
+#: train / validation / test fractions of the demo's planted benchmark
+DEMO_SPLITS = (0.6, 0.1, 0.3)
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Make the planted benchmark, cache its features with the offline encoders, train FL-I2MoE."""
     from .data import make_planted, save_planted
@@ -53,7 +57,9 @@ def _demo(args: argparse.Namespace) -> int:
     data_dir = root / "data"
     if not (data_dir / "dataset_dict.json").is_file():
         print(f"[1/3] making the planted-interaction benchmark ({args.n_per_kind} examples per kind) in {data_dir}")
-        save_planted(make_planted(n_per_kind=args.n_per_kind, random_state=args.seed), data_dir)
+        # a large test split: its synergy examples carrying the planted pair (half) number >= 40
+        save_planted(make_planted(n_per_kind=args.n_per_kind, random_state=args.seed, split_fractions=DEMO_SPLITS),
+                     data_dir)
     else:
         print(f"[1/3] planted benchmark already at {data_dir}")
     config_path = Path(__file__).resolve().parent.parent / "hub_configs" / "planted.json"

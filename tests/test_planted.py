@@ -24,7 +24,8 @@ from modeling_fli2moe.data import (
 from modeling_fli2moe.data.planted import _DISTRACTOR_COLORS, _vocabulary
 
 SPLITS = ("train", "validation", "test")
-OBJECTS = {o.name: o for pair in EVIDENCE_OBJECTS.values() for o in pair}
+OBJECTS = {o.name: o for pair in EVIDENCE_OBJECTS.values() for o in pair if o is not None}
+WORDS = {w for pair in EVIDENCE_WORDS.values() for w in pair if w is not None}
 
 
 @pytest.fixture(scope="module")
@@ -67,34 +68,39 @@ def test_splits_kinds_and_labels_balanced(planted):
     for kind in PLANTED_KINDS:
         labels = Counter(r["label"] for r in train if r["kind"] == kind)
         assert labels[0] == labels[1] == 7
-    syn = [r for r in train if r["kind"] == "synergy" and r["evidence_word"] and r["evidence_object"]]
-    combos = Counter((r["evidence_word"], r["evidence_object"]) for r in syn)
-    assert len(combos) == 4 and max(combos.values()) - min(combos.values()) <= 1
-    # either synergy cue alone is (nearly) independent of the label
-    for key in ("evidence_word", "evidence_object"):
-        for value in {r[key] for r in syn}:
-            labels = [r["label"] for r in syn if r[key] == value]
-            assert abs(np.mean(labels) - 0.5) <= 0.15
+    syn = [r for r in train if r["kind"] == "synergy"]
+    combos = Counter((bool(r["evidence_word"]), bool(r["evidence_object"])) for r in syn)
+    # presence-coded cues: half carry both (label 1), a quarter each one alone (label 0), none carries neither
+    assert combos[True, True] == 7 and {combos[True, False], combos[False, True]} == {3, 4}
+    assert combos[False, False] == 0
+    for r in syn:
+        assert r["label"] == int(bool(r["evidence_word"]) and bool(r["evidence_object"]))
 
 
 def test_labels_follow_the_rule(planted):
     for split in SPLITS:
         for r in planted[split].remove_columns("image").to_list():
             kind = r["kind"]
-            wbit = EVIDENCE_WORDS[kind].index(r["evidence_word"]) if r["evidence_word"] else None
-            obit = (
-                [o.name for o in EVIDENCE_OBJECTS[kind]].index(r["evidence_object"]) if r["evidence_object"] else None
-            )
-            complete = {"unique-text": wbit is not None, "unique-image": obit is not None}.get(
-                kind, wbit is not None and obit is not None if kind == "synergy" else (wbit, obit) != (None, None)
-            )
-            if complete:  # ambiguous train examples (evidence missing) carry a coin-flip label
+            if kind == "synergy":  # presence-coded: an absent cue is bit 0
+                wbit, obit = int(bool(r["evidence_word"])), int(bool(r["evidence_object"]))
+                assert EVIDENCE_WORDS[kind][wbit] == (r["evidence_word"] or None)
+                assert getattr(EVIDENCE_OBJECTS[kind][obit], "name", None) == (r["evidence_object"] or None)
                 assert r["label"] == planted_label(kind, wbit, obit)
-            assert bool(r["text_positions"]) == (wbit is not None) == bool(r["text_spans"])
-            assert bool(r["image_regions"]) == (obit is not None) == bool(r["image_boxes"])
-            if split != "train":
-                assert (wbit is not None) == (kind != "unique-image")
-                assert (obit is not None) == (kind != "unique-text")
+            else:
+                wbit = EVIDENCE_WORDS[kind].index(r["evidence_word"]) if r["evidence_word"] else None
+                obit = (
+                    [o.name for o in EVIDENCE_OBJECTS[kind]].index(r["evidence_object"]) if r["evidence_object"] else None
+                )
+                complete = {"unique-text": wbit is not None, "unique-image": obit is not None}.get(
+                    kind, (wbit, obit) != (None, None)
+                )
+                if complete:  # ambiguous train examples (evidence missing) carry a coin-flip label
+                    assert r["label"] == planted_label(kind, wbit, obit)
+                if split != "train":
+                    assert (wbit is not None) == (kind != "unique-image")
+                    assert (obit is not None) == (kind != "unique-text")
+            assert bool(r["text_positions"]) == bool(r["evidence_word"]) == bool(r["text_spans"])
+            assert bool(r["image_regions"]) == bool(r["evidence_object"]) == bool(r["image_boxes"])
 
 
 def test_redundancy_dropout_only_in_train():
@@ -107,7 +113,7 @@ def test_redundancy_dropout_only_in_train():
 
 
 def test_text_positions_match_real_tokenizer(planted, tokenizer):
-    assert all(len(tokenizer.tokenize(w)) == 1 for w in _vocabulary() | {w for p in EVIDENCE_WORDS.values() for w in p})
+    assert all(len(tokenizer.tokenize(w)) == 1 for w in _vocabulary() | WORDS)
     rows = planted["validation"].remove_columns("image").to_list() + planted["test"].remove_columns("image").to_list()
     real = make_planted(20, random_state=0, tokenizer=tokenizer)  # same data, positions from the tokenizer
     real_rows = real["validation"].remove_columns("image").to_list() + real["test"].remove_columns("image").to_list()
@@ -121,7 +127,7 @@ def test_text_positions_match_real_tokenizer(planted, tokenizer):
             assert r["text"][s:e] == r["evidence_word"]
             assert tokenizer.convert_ids_to_tokens(ids[pos]) == r["evidence_word"]
         others = [t for i, t in enumerate(tokenizer.convert_ids_to_tokens(ids)) if i not in r["text_positions"]]
-        assert not set(others) & {w for p in EVIDENCE_WORDS.values() for w in p}  # no evidence word elsewhere
+        assert not set(others) & WORDS  # no evidence word elsewhere
 
 
 def test_regions_match_the_drawn_object(planted):
@@ -188,19 +194,22 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_ambiguous_train_examples_miss_their_evidence(planted):
-    """A quarter of each kind's train examples carry no (synergy: incomplete) evidence, with labels that
-    stay balanced; validation and test examples always carry all of theirs."""
+    """A quarter of the uniqueness and redundancy kinds' train examples carry no evidence, with labels
+    that stay balanced; validation and test examples always carry all of theirs. Synergy examples are
+    never ambiguous (an absent cue is one of their cue values) and never lack both cues."""
     train = planted["train"].remove_columns("image").to_list()
     for kind in PLANTED_KINDS:
         rows = [r for r in train if r["kind"] == kind]
+        missing = [r for r in rows if not r["evidence_word"] and not r["evidence_object"]]
         if kind == "synergy":
-            missing = [r for r in rows if not (r["evidence_word"] and r["evidence_object"])]
-        else:
-            missing = [r for r in rows if not r["evidence_word"] and not r["evidence_object"]]
+            assert not missing
+            continue
         assert len(missing) == round(0.25 * len(rows))
         assert all(not r["text_positions"] for r in missing if not r["evidence_word"])
     for split in ("validation", "test"):
         for r in planted[split].remove_columns("image").to_list():
-            need_word = r["kind"] in ("unique-text", "synergy", "redundancy")
-            need_object = r["kind"] in ("unique-image", "synergy", "redundancy")
+            if r["kind"] == "synergy":
+                continue
+            need_word = r["kind"] in ("unique-text", "redundancy")
+            need_object = r["kind"] in ("unique-image", "redundancy")
             assert bool(r["evidence_word"]) == need_word and bool(r["evidence_object"]) == need_object

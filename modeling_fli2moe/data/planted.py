@@ -10,21 +10,29 @@ kind           evidence                                 label
 =============  =======================================  ===========================================
 unique-text    word ``sad`` / ``happy`` in the caption  the word (image: distractors only)
 unique-image   blue square / red triangle in the image  the object (caption: filler only)
-synergy        word ``south`` / ``north`` AND           word bit XOR object bit: either cue alone
-               orange cross / green circle              is independent of the label (balanced)
+synergy        word ``north`` AND a green circle, each  1 if both are present, 0 if one is: neither
+               present or not (never both absent)       cue alone decides (half the examples carry
+                                                        both, a quarter each one)
 redundancy     word ``diamond`` / ``star`` AND the      the shared bit; either cue alone suffices
                object it names (purple diamond /
                yellow star)
 =============  =======================================  ===========================================
 
 The vocabularies are disjoint, so the kind is readable from the input and one labelling rule
-covers all kinds. Distractor words and shapes never carry evidence, and distractors share no
+covers all kinds. The synergy cues are coded by presence (an absent cue is a filler adjective or a
+distractor in its place): with two *drawn* values (say a cross for 0, a circle for 1) a model can read
+one value as the absence of the other, and then one planted token has no effect and the pair no
+synergy in the model; with presence coding a cue can only be read from the cue itself. The rule is an
+AND: the planted (word, region) pair exists, and acts jointly, in the synergy examples that carry both
+cues (half of them); removing either cue, or both, changes the label. (An XOR would leave the label
+unchanged when both are removed, and its no-cue examples would teach that no evidence means label 0.) Distractor words and shapes never carry evidence, and distractors share no
 shape family and no colour with any evidence object (thin grey strokes: zigzag, wave,
 hatch), so no look-alike of an evidence object can stand in for it. Shapes sit in distinct,
 non-touching cells. The number of phrases and of shapes does not depend on whether a cue is
 present, so counts reveal nothing. With ``ambiguous_fraction`` > 0 a fraction of the *train*
-examples of every kind miss their evidence and carry a coin-flip label, so a model must read each
-cue's value from the cue itself, not from the absence of the other value. With ``redundancy_dropout`` > 0 a fraction of the *train*
+examples of the uniqueness and redundancy kinds miss their evidence and carry a coin-flip label, so a
+model must read each cue's value from the cue itself, not from the absence of the other value (synergy
+needs none: absence is one of its cue values). With ``redundancy_dropout`` > 0 a fraction of the *train*
 redundancy examples keeps only one of the two cues (the other replaced by a filler phrase or a
 distractor shape), so a model must learn to read each cue alone; validation and test
 redundancy examples always carry both.
@@ -97,16 +105,18 @@ class PlantedObject:
         return f"{self.color} {self.shape}"
 
 
-#: Evidence words per kind; the position in the pair is the bit the word carries.
-EVIDENCE_WORDS: dict[str, tuple[str, str]] = {
+#: Evidence words per kind; the position in the pair is the bit the word carries (``None``: bit 0 is the
+#: word's absence).
+EVIDENCE_WORDS: dict[str, tuple[str | None, str]] = {
     "unique-text": ("sad", "happy"),
-    "synergy": ("south", "north"),
+    "synergy": (None, "north"),
     "redundancy": ("diamond", "star"),
 }
-#: Evidence objects per kind; the position in the pair is the bit the object carries.
-EVIDENCE_OBJECTS: dict[str, tuple[PlantedObject, PlantedObject]] = {
+#: Evidence objects per kind; the position in the pair is the bit the object carries (``None``: bit 0 is
+#: the object's absence).
+EVIDENCE_OBJECTS: dict[str, tuple[PlantedObject | None, PlantedObject]] = {
     "unique-image": (PlantedObject("square", "blue", (30, 90, 230)), PlantedObject("triangle", "red", (220, 30, 30))),
-    "synergy": (PlantedObject("cross", "orange", (255, 140, 0)), PlantedObject("circle", "green", (30, 170, 60))),
+    "synergy": (None, PlantedObject("circle", "green", (30, 170, 60))),
     "redundancy": (PlantedObject("diamond", "purple", (140, 40, 190)), PlantedObject("star", "yellow", (235, 200, 0))),
 }
 #: Distractors share no shape family and no colour with any evidence object: thin line drawings
@@ -140,19 +150,19 @@ def _vocabulary() -> set[str]:
     return words
 
 
-_evidence_words = {w for pair in EVIDENCE_WORDS.values() for w in pair}
+_evidence_words = {w for pair in EVIDENCE_WORDS.values() for w in pair if w is not None}
 assert not (_vocabulary() & _evidence_words), "filler vocabulary must not contain evidence words"
 
 
 def planted_label(kind: str, word_bit: int | None, object_bit: int | None) -> int:
-    """The labelling rule: uniqueness kinds copy their cue, synergy is word XOR object,
-    redundancy is the bit of whichever cue is present (both agree)."""
+    """The labelling rule: uniqueness kinds copy their cue, synergy is word AND object (each bit the
+    cue's presence), redundancy is the bit of whichever cue is present (both agree)."""
     if kind == "unique-text":
         return int(word_bit)
     if kind == "unique-image":
         return int(object_bit)
     if kind == "synergy":
-        return int(word_bit) ^ int(object_bit)
+        return int(word_bit) & int(object_bit)
     if kind == "redundancy":
         return int(word_bit if word_bit is not None else object_bit)
     raise ValueError(f"unknown kind {kind!r}; expected one of {PLANTED_KINDS}")
@@ -404,10 +414,10 @@ def _example(
 
 
 def _cues(kind: str, n: int, rng: np.random.Generator) -> list[tuple[int | None, int | None]]:
-    """Balanced (word_bit, object_bit) pairs for ``n`` examples of ``kind``; for synergy all
-    four combinations equally, so each cue alone is independent of the label."""
+    """Balanced (word_bit, object_bit) pairs for ``n`` examples of ``kind``; for synergy half with both
+    cues (label 1) and a quarter with each cue alone (label 0)."""
     if kind == "synergy":
-        cues = [(k % 2, (k // 2) % 2) for k in range(n)]
+        cues = [(1, 1) if k % 2 == 0 else ((1, 0) if k % 4 == 1 else (0, 1)) for k in range(n)]
     elif kind == "unique-text":
         cues = [(k % 2, None) for k in range(n)]
     elif kind == "unique-image":
@@ -460,14 +470,14 @@ def make_planted(
     """Generate the planted-interaction benchmark as a ``DatasetDict`` (train / validation / test).
 
     ``n_per_kind`` examples of each kind in total, split by ``split_fractions``, labels balanced
-    per split and kind (synergy: all four cue combinations). The same ``random_state`` (an int
+    per split and kind (synergy: half both cues, a quarter each cue alone). The same ``random_state`` (an int
     seed) gives identical datasets. ``n_objects``: shapes per image (evidence included);
     ``n_phrases``: caption phrases after the opener (evidence phrase included).
     ``redundancy_dropout``: fraction of *train* redundancy examples that keep one cue only.
-    ``ambiguous_fraction``: fraction of *train* examples of every kind whose evidence is missing
-    (synergy: one cue or both; other kinds: all) with a balanced random label, so that a model learns
-    that no evidence means no answer and cannot read a bit from a cue's *absence* (e.g. "no green
-    circle" for "orange cross"), which masking a token would then never undo.
+    ``ambiguous_fraction``: fraction of *train* examples of the uniqueness and redundancy kinds whose
+    evidence is missing, with a balanced random label, so that a model learns that no evidence means no
+    answer and cannot read a bit from a cue's *absence* (e.g. "no happy" for "sad"), which masking a
+    token would then never undo. Synergy examples are never made ambiguous (absence is a cue value).
     ``tokenizer``: ``"auto"`` (the offline all-MiniLM-L6-v2 tokenizer if installed, else the
     one-token-per-word rule, identical for it), ``None`` (that rule) or a fast transformers
     tokenizer whose positions to record. Columns: ``id``, ``text``, ``image``, ``label``,
@@ -539,16 +549,13 @@ def make_planted(
                     w, o = cues[i]
                     cues[i] = (w, None) if k % 2 == 0 else (None, o)
             labels: list[int | None] = [None] * n
-            if split == "train" and ambiguous_fraction > 0:
+            if split == "train" and ambiguous_fraction > 0 and kind != "synergy":
                 pool = [i for i in rng.permutation(n).tolist() if kind != "redundancy" or None not in cues[i]]
-                for k, i in enumerate(pool[: int(round(ambiguous_fraction * n))]):
+                for i in pool[: int(round(ambiguous_fraction * n))]:
                     w, o = cues[i]
                     # the label of the full cues, now independent of what is left: a coin flip to the model
                     labels[i] = planted_label(kind, w, o)
-                    if kind == "synergy":  # one cue or both missing: the XOR is undefined
-                        cues[i] = ((None, o), (w, None), (None, None))[k % 3]
-                    else:
-                        cues[i] = (None, None)
+                    cues[i] = (None, None)
             for (w, o), label in zip(cues, labels):
                 rows.append(_example(kind, w, o, image_size, PLANTED_GRID_SIZE, n_objects, n_phrases, rng, label))
         order = rng.permutation(len(rows))
