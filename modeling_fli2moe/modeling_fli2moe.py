@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import operator
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,8 +54,9 @@ class FLI2MoEOutput(ModelOutput):
         task_loss (`torch.Tensor` of shape `()`, *optional*): the task loss alone.
         interaction_loss (`torch.Tensor` of shape `()`, *optional*): mean of the experts' interaction losses.
         expert_interaction_losses (`torch.Tensor` of shape `(E,)`, *optional*): each expert's interaction loss.
-        attentions (`tuple[torch.Tensor]`, *optional*): with `output_attentions=True`, one tensor per layer
-            of shape `(E, B, num_heads, T, T)` over the joined token sequence (modalities in config order).
+        attentions (`tuple[torch.Tensor]`, *optional*): with `output_attentions=True` (which needs the `eager`
+            attention implementation), one tensor per layer of shape `(E, B, num_heads, T, T)` over the joined
+            token sequence (modalities in config order).
             These are the tensors used in the computation, so gradients with respect to them are defined.
     """
 
@@ -388,13 +388,11 @@ class StackedExperts(nn.Module):
         segments: Sequence[tuple[int, int]],
         experts: torch.Tensor | None = None,
         output_attentions: bool = False,
-        attn_implementation: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """`hidden (B, T, H)` shared input, `token_mask (B, T)` bool. Returns expert logits `(E, B, C)`,
         latents `(E, B, M*H)` and, with `output_attentions`, each layer's attention probabilities. The
-        attention kernel is `config._attn_implementation`'s (or `attn_implementation`'s)."""
-        implementation = attn_implementation or self.config._attn_implementation
-        attention_interface = ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        attention kernel is `config._attn_implementation`'s."""
+        attention_interface = ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         e = self.num_experts if experts is None else int(experts.numel())
         # a row with no valid token at all attends to everything (its outputs are pooled to zero anyway),
         # so that softmax never sees an all-masked row (no NaN)
@@ -602,7 +600,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
             idx.append(names.index(name))
         return torch.tensor(idx, dtype=torch.long, device=self.device)
 
-    def _check_inputs(
+    def check_inputs(
         self,
         features: Mapping[str, torch.Tensor],
         attention_mask: Mapping[str, torch.Tensor] | None,
@@ -830,17 +828,13 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
                 "Raw text or images become features with FLI2MoEProcessor: model(**processor(...).model_inputs())."
             )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        implementation = self.config._attn_implementation
-        if output_attentions and implementation != "eager":
-            warnings.warn(
-                f"output_attentions=True needs the eager attention implementation, and this model uses "
-                f"{implementation!r}: this call runs eager attention, later versions will raise instead. Load the "
-                "model with attn_implementation='eager' or call model.set_attn_implementation('eager').",
-                FutureWarning,
-                stacklevel=2,
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs the eager attention implementation (the only one that computes the "
+                f"probabilities), and this model uses {self.config._attn_implementation!r}: load it with "
+                "attn_implementation='eager' or call model.set_attn_implementation('eager') first"
             )
-            implementation = "eager"
-        batch, masks = self._check_inputs(features, attention_mask, labels)
+        batch, masks = self.check_inputs(features, attention_mask, labels)
         if not output_attentions:  # attention maps keep every given position, for the explainers
             features, masks = self.trim_padding(features, masks)
         projected = self.project(features)
@@ -864,7 +858,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         hidden, segments = self.embed(stacked)
         token_mask = torch.cat([stacked_masks[n] for n in names], dim=1)
         expert_logits, latents, attentions = self.experts(
-            hidden, token_mask, segments, output_attentions=output_attentions, attn_implementation=implementation
+            hidden, token_mask, segments, output_attentions=output_attentions
         )
         if output_attentions and compute_interaction_loss:
             attentions = tuple(a[:, :batch] for a in attentions)
@@ -908,7 +902,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
 
         A single expert runs only that expert's weights (about E times cheaper than the mixture).
         """
-        _, masks = self._check_inputs(features, attention_mask)
+        _, masks = self.check_inputs(features, attention_mask)
         features, masks = self.trim_padding(features, masks)
         return self.head_logits_from_projected(self.project(features), masks, head)
 

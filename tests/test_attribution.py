@@ -148,7 +148,12 @@ def test_rollout_matches_a_per_expert_reference():
     model = planted_model("interaction")
     example = planted_examples(1)[0]
     maps = attribute(model, example, heads=model.config.expert_names)
-    out = model(features=example, output_attentions=True)
+    assert model.config._attn_implementation == "sdpa"  # attribute switched to eager for the maps and back
+    model.set_attn_implementation("eager")
+    try:
+        out = model(features=example, output_attentions=True)
+    finally:
+        model.set_attn_implementation("sdpa")
     lengths = [example[n].shape[1] for n in model.modality_names]
     for e, head in enumerate(model.config.expert_names):
         logit = out.expert_logits[0, e, maps.targets[head][0]]

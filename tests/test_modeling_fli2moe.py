@@ -222,13 +222,14 @@ def test_attention_implementations_agree(dtype):
     torch.testing.assert_close(eager.attentions[0].sum(-1), torch.ones(4, tester.batch_size, config.num_heads, t))
 
 
-def test_output_attentions_under_sdpa_warns_and_names_the_fix():
+def test_output_attentions_needs_eager_attention():
+    """`output_attentions` does not pick the kernel: under `sdpa` it is refused, naming the fix."""
     config, inputs = FLI2MoEModelTester().prepare_config_and_inputs_for_common()
     model = FLI2MoEModel(config).eval()
-    with pytest.warns(FutureWarning, match=r"attn_implementation='eager'"):
-        out = model(**inputs, output_attentions=True)
-    assert len(out.attentions) == config.num_layers
-    assert model.config._attn_implementation == "sdpa"  # the model's choice is left as it was
+    with pytest.raises(ValueError, match=r"needs the eager attention implementation.*'sdpa'.*set_attn_implementation"):
+        model(**inputs, output_attentions=True)
+    model.set_attn_implementation("eager")
+    assert len(model(**inputs, output_attentions=True).attentions) == config.num_layers
 
 
 @pytest.mark.parametrize("implementation", ["flash_attention_2", "flex_attention"])

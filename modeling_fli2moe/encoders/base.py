@@ -88,8 +88,6 @@ class FrozenEncoder(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    _autocast = autocast  # the name the input-level game still uses
-
     def encode(
         self, raw_batch: Sequence[Any], ids: Sequence[Any] | None = None, modality: str | None = None
     ) -> EncoderOutput:

@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 
-from .game import check_target, eval_mode, resolve_head, resolve_player_mask, select_target, target_values
+from ._utils import check_target, eager_attention, eval_mode, resolve_head, select_target, target_values
+from .game import resolve_player_mask
 
 __all__ = ["ATTRIBUTION_METHODS", "AttributionMaps", "attribute", "default_heads", "rollout"]
 
@@ -229,7 +230,7 @@ def _rollout_maps(
     expert_names = list(model.config.expert_names)
     lengths = [feats[n].shape[1] for n in names]
     query_mask = torch.cat([masks[n][0] for n in names])
-    with torch.enable_grad():
+    with torch.enable_grad(), eager_attention(model):  # the implementation that returns the probabilities
         out = model(features=feats, attention_mask=masks, output_attentions=True)
         attentions = out.attentions  # L x (E, 1, heads, T, T)
         stacked = torch.stack([a[:, 0] for a in attentions], dim=1).detach()  # (E, L, heads, T, T)

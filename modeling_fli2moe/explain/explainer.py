@@ -11,9 +11,11 @@ import torch
 
 from ..encoders import feature_locality
 from ..precision import autocast_dtype_for
+from ..random_state import RandomState, check_random_state
+from ._utils import check_int, eval_mode
 from .attribution import ATTRIBUTION_METHODS, attribute
 from .explanation import Explanation, InteractionPair, grid_shape
-from .game import OUTPUTS, FeatureGame, RandomState, check_random_state, eval_mode, word_groups
+from .game import OUTPUTS, FeatureGame, word_groups
 from .occlusion import occlusion_effects
 from .shapley import shapley_interactions
 
@@ -65,7 +67,7 @@ class Explainer:
             raise ValueError(f"output must be one of {list(OUTPUTS)}, got {output!r}")
         if players not in PLAYER_KINDS:
             raise ValueError(f"players must be one of {list(PLAYER_KINDS)}, got {players!r}")
-        _check_positive("chunk_size", chunk_size)
+        check_int("chunk_size", chunk_size)
         self.model = model.eval()
         self.processor = processor
         self.method = method
@@ -143,11 +145,11 @@ class Explainer:
         the players (`{modality: [[token positions], ...]}`); `expert_pairs=True` also estimates SII/RG
         with each expert as the value function.
         """
-        _check_positive("budget", budget)
-        _check_positive("n_candidates", n_candidates)
-        _check_positive("top_k", top_k)
+        check_int("budget", budget)
+        check_int("n_candidates", n_candidates)
+        check_int("top_k", top_k)
         if expert_budget is not None:
-            _check_positive("expert_budget", expert_budget)
+            check_int("expert_budget", expert_budget)
         rng = check_random_state(random_state)
         with eval_mode(self.model):
             return self._explain(inputs, features, attention_mask, player_mask, tokens, groups, budget, n_candidates,
@@ -330,12 +332,6 @@ def pairs_of(pairs: np.ndarray, game: FeatureGame, modality: str) -> list[int]:
     """The distinct players of `modality` among `pairs`, in first-seen order."""
     members = set(game.players_of(modality).tolist())
     return list(dict.fromkeys(int(p) for p in pairs.reshape(-1) if int(p) in members))
-
-
-def _check_positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _token(tokens: Mapping[str, list[str]], modality: str, positions: Sequence[int]) -> str:

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..random_state import RandomState, check_random_state
 from .attribution import AttributionMaps
-from .game import FeatureGame, RandomState, check_random_state
+from .game import FeatureGame
 
 logger = logging.getLogger(__name__)
 

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from ..random_state import RandomState, check_random_state
+from ._utils import check_target, eval_mode, resolve_head, select_target, target_values
 
 logger = logging.getLogger(__name__)
 
+# check_random_state, check_target, eval_mode, resolve_head, select_target and target_values live in
+# random_state.py and _utils.py; they stay importable from here
 __all__ = [
     "FILLS",
     "OUTPUTS",
@@ -43,105 +47,6 @@ __all__ = [
 FILLS = ("mean", "remove")
 OUTPUTS = ("log_odds", "logit", "probability")
 
-RandomState = int | np.random.Generator | torch.Generator | None
-
-
-# --------------------------------------------------------------------------------------------- helpers
-def check_random_state(random_state: RandomState) -> np.random.Generator:
-    """A numpy Generator from an int seed, a numpy Generator (used as is), a torch.Generator (one draw
-    seeds a new numpy Generator) or None (fresh OS entropy). No global seeding anywhere."""
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if isinstance(random_state, torch.Generator):
-        seed = int(torch.randint(0, 2**62, (1,), generator=random_state))
-        return np.random.default_rng(seed)
-    if isinstance(random_state, (bool, np.bool_)):
-        raise TypeError(f"random_state must be an int seed >= 0, a numpy Generator, a torch.Generator or None, "
-                        f"got the bool {random_state!r}")
-    if isinstance(random_state, (int, np.integer)) and random_state < 0:
-        raise ValueError(f"random_state (the seed) must be an int >= 0 (or None for a fresh seed), got {random_state}")
-    if random_state is None or isinstance(random_state, (int, np.integer)):
-        return np.random.default_rng(random_state)
-    raise TypeError(
-        f"random_state must be an int, a numpy Generator, a torch.Generator or None, got {type(random_state).__name__}"
-    )
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Run `model` in eval mode (no dropout) and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def resolve_head(model: Any, head: int | str) -> str:
-    """Canonical head name: ``"mixture"`` or an expert name (``"dense"`` for the dense baseline)."""
-    names = list(model.config.expert_names)
-    if head == "mixture":
-        return "mixture"
-    if isinstance(head, str):
-        if head not in names:
-            raise ValueError(f"unknown head {head!r}; use 'mixture' or one of this model's experts {names}")
-        return head
-    if isinstance(head, (int, np.integer)) and not isinstance(head, bool) and 0 <= int(head) < len(names):
-        return names[int(head)]
-    raise ValueError(f"unknown head {head!r}; use 'mixture', an expert name {names} or an index in [0, {len(names)})")
-
-
-def select_target(logits: torch.Tensor, problem_type: str | None) -> list[int]:
-    """The target labels of one head's logits `(C,)`: the predicted class; for multi-label the
-    predicted-positive labels (logit > 0), the top-1 label if none."""
-    logits = logits.detach().float().reshape(-1)
-    if problem_type == "multi_label_classification":
-        positive = (logits > 0).nonzero().flatten().tolist()
-        return positive or [int(logits.argmax())]
-    return [int(logits.argmax())]
-
-
-def check_target(target: int | Sequence[int], num_labels: int) -> list[int]:
-    """A label index or a list of them, checked against `num_labels`, as a list."""
-    labels = [int(target)] if isinstance(target, (int, np.integer)) else [int(t) for t in target]
-    if not labels or any(not 0 <= t < num_labels for t in labels):
-        raise ValueError(
-            f"target must be a label index or a non-empty list of label indices in [0, {num_labels}), got {target!r}"
-        )
-    return labels
-
-
-def target_values(
-    logits: torch.Tensor, target: Sequence[int], output: str, problem_type: str | None
-) -> torch.Tensor:
-    """Values `(k,)` from logits `(k, C)`: the mean target logit, the mean target log-odds, or the mean
-    target probability (softmax for single-label, sigmoid for multi-label and single-logit models).
-
-    Log-odds `log p_t - log(1 - p_t)` is `logit_t - logsumexp(other logits)` for softmax heads: unlike
-    one raw logit it does not move when every logit shifts by the same amount (which a softmax
-    ignores), and it does not saturate like a probability. For sigmoid heads it is the logit itself."""
-    logits = logits.float()
-    index = torch.as_tensor(list(target), dtype=torch.long, device=logits.device)
-    if output == "logit":
-        return logits.index_select(-1, index).mean(-1)
-    if output == "log_odds":
-        if problem_type == "regression":
-            raise ValueError("output='log_odds' is undefined for a regression model; use output='logit'")
-        if problem_type == "multi_label_classification" or logits.shape[-1] == 1:
-            return logits.index_select(-1, index).mean(-1)
-        values = []
-        for t in index.tolist():
-            others = torch.cat([logits[..., :t], logits[..., t + 1 :]], dim=-1)
-            values.append(logits[..., t] - torch.logsumexp(others, dim=-1))
-        return torch.stack(values, dim=-1).mean(-1)
-    if problem_type == "regression":
-        raise ValueError("output='probability' is undefined for a regression model; use output='logit'")
-    if problem_type == "multi_label_classification" or logits.shape[-1] == 1:
-        return torch.sigmoid(logits.index_select(-1, index)).mean(-1)
-    return F.softmax(logits, dim=-1).index_select(-1, index).mean(-1)
-
-
 def resolve_player_mask(
     model: Any,
     features: Mapping[str, torch.Tensor],
@@ -151,7 +56,7 @@ def resolve_player_mask(
     """Validate one example (B = 1); return the bool attention masks `{name: (1, T)}` and player masks
     `{name: (T,)}` (player mask AND attention mask; a modality missing from `player_mask` uses its
     attention mask)."""
-    batch, masks = model._check_inputs(features, attention_mask)
+    batch, masks = model.check_inputs(features, attention_mask)
     if batch != 1:
         raise ValueError(
             f"this explains one example, but the features have batch size {batch}; "

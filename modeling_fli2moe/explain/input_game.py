@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from .game import FeatureGame, eval_mode, target_values
+from ._utils import eval_mode, target_values
+from .game import FeatureGame
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class InputGame:
                 for p in self.feature_game.players_of(name).tolist():
                     absent[:, self.player_positions[p]] = ~chunk[:, p : p + 1]
                 encoder = self._encoders[name]
-                with torch.inference_mode(), encoder._autocast():
+                with torch.inference_mode(), encoder.autocast():
                     feats = encoder(**{key: v.to(encoder.device) for key, v in self._masked_inputs(name, absent).items()})
                 feats = feats.float().cpu()
                 if feats.shape[1] < t:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .game import RandomState, check_random_state
+from ..random_state import RandomState, check_random_state
 from .input_game import InputGame
 from .occlusion import occlusion_effects
 

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .game import FeatureGame, RandomState, check_random_state
+from ..random_state import RandomState, check_random_state
+from .game import FeatureGame
 
 logger = logging.getLogger(__name__)
 

@@ -28,6 +28,9 @@ variance reductions keep the estimate unbiased:
   the middle), unbiased given at least one such unit (for a = 0 every unit does; with exact strata a
   unit misses the middle with a small probability, about 4/n**2 for a = 1).
 
+The contexts and the coalition rows they need come from `sampling` (`ContextPlan`); this module
+evaluates the rows and turns their values into the estimates.
+
 The number of contexts is fixed before sampling (from the undeduplicated cost), so it never depends
 on the sampled coalitions; identical rows are evaluated once, hence `evaluations <= budget`. The
 standard error is the middle mass times the sample standard deviation of the per-unit values (a
@@ -36,7 +39,6 @@ unit = a context and its complement) over sqrt(#units that landed in the middle)
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -45,8 +47,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from modeling_fli2moe.explain.game import RandomState, check_random_state
-from modeling_fli2moe.explain.result_interactions import InteractionResult
+from ..random_state import RandomState, check_random_state
+from ._utils import check_int
+from .result_interactions import InteractionResult
+from .sampling import ContextPlan, packed_row_keys, stratum_rows
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +69,10 @@ ValueFn = Callable[[torch.Tensor], torch.Tensor]
 """Maps a bool tensor `(k, n_players)` (True = present) to float values `(k,)`."""
 
 MAX_EXACT_PLAYERS = 16
-_MAX_BORDER_BYTES = 2**27  # raw bool rows generated at most (bytes) when pricing exact border strata
 _FEW_UNITS = 10
 
 
 # ------------------------------------------------------------------------------------------ validation
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_pairs(pairs: Any, n_players: int) -> np.ndarray:
     """`(m, 2)` int64 array of the requested pairs; clear errors for anything else."""
     if torch.is_tensor(pairs):
@@ -144,12 +141,7 @@ def cross_modal_pairs(
     return np.stack([chosen[i][keep], chosen[j][keep]], axis=1)
 
 
-# ----------------------------------------------------------------------------------- row machinery
-def _to_void(packed: np.ndarray) -> np.ndarray:
-    packed = np.ascontiguousarray(packed)
-    return packed.view(np.dtype((np.void, packed.shape[-1]))).reshape(packed.shape[:-1])
-
-
+# ------------------------------------------------------------------------------------- evaluation
 class _Evaluator:
     """Calls `value_fn` on packed coalition rows in chunks of `batch_size` and counts the rows."""
 
@@ -175,76 +167,6 @@ class _Evaluator:
             self.evaluations += len(chunk)
             self.calls += 1
         return out
-
-
-def _stratum_rows(n: int, pairs: np.ndarray, s: int) -> np.ndarray:
-    """Bool rows `(m, K, 4, n)`: for every pair and every s-subset S of N \\ {i, j}, the coalitions
-    S, S+i, S+j, S+ij."""
-    m = len(pairs)
-    combos = np.array(list(itertools.combinations(range(n - 2), s)), dtype=np.int64).reshape(math.comb(n - 2, s), s)
-    others = np.ones((m, n), dtype=bool)
-    others[np.arange(m), pairs[:, 0]] = False
-    others[np.arange(m), pairs[:, 1]] = False
-    rest = np.nonzero(others)[1].reshape(m, n - 2)
-    base = np.zeros((m, len(combos), n), dtype=bool)
-    if s > 0:
-        np.put_along_axis(base, rest[:, combos], True, axis=2)
-    rows = np.repeat(base[:, :, None, :], 4, axis=2)
-    ar = np.arange(m)
-    rows[ar, :, 1, pairs[:, 0]] = True
-    rows[ar, :, 2, pairs[:, 1]] = True
-    rows[ar, :, 3, pairs[:, 0]] = True
-    rows[ar, :, 3, pairs[:, 1]] = True
-    return rows
-
-
-def _border_strata(a: int, n: int) -> list[int]:
-    """The context sizes enumerated exactly when the outer `a` sizes on each side are exact."""
-    return sorted({s for x in range(a) for s in (x, n - 2 - x) if 0 <= s <= n - 2})
-
-
-def _plan(n: int, pairs: np.ndarray, budget: int, unit: int, border: bool, antithetic: bool) -> tuple[int, int]:
-    """Choose `a` (exact strata |S| < a and |S| > n-2-a) and the number of sampled units.
-
-    Minimises the variance proxy weight * middle_mass / units (constant per-sample variance); returns
-    (a, units) with units = 0 when everything is exact."""
-    n_pair_players = len(np.unique(pairs))
-    costs = [0]
-    known = np.empty((0,), dtype=np.dtype((np.void, (n + 7) // 8)))
-    raw_total = 0
-    raw_limit = min(_MAX_BORDER_BYTES // n, 8 * budget + 4096)
-    a = 0
-    while border and 2 * a <= n - 2:
-        strata = sorted({a, n - 2 - a})
-        raw = 4 * len(pairs) * sum(math.comb(n - 2, s) for s in strata)
-        raw_total += raw
-        if raw_total > raw_limit:
-            break
-        rows = np.concatenate([_stratum_rows(n, pairs, s).reshape(-1, n) for s in strata])
-        known = np.unique(np.concatenate([known, _to_void(np.packbits(rows, axis=1))]))
-        if len(known) > budget:
-            break
-        costs.append(len(known))
-        a += 1
-    best: tuple[float, int, int] | None = None
-    for a, cost in enumerate(costs):
-        if 2 * a > n - 2:  # every stratum exact
-            return a, 0
-        units = (budget - cost) // unit
-        if units < 2:
-            continue
-        proxy = (n + 1 - 2 * a) / (n + 1) * (n - 1 - 2 * a) / (n - 1) / units
-        if best is None or proxy < best[0]:
-            best = (proxy, a, units)
-    if best is None:
-        what = "two antithetic pairs of contexts" if antithetic else "two contexts"
-        raise ValueError(
-            f"budget={budget} is too small: one context for {len(pairs)} pairs over {n_pair_players} players "
-            f"costs 1 + {n_pair_players} + {len(pairs)} = {unit // (2 if antithetic else 1)} evaluations and a "
-            f"standard error needs {what} ({2 * unit} evaluations); raise budget to at least {2 * unit} "
-            "or request fewer pairs"
-        )
-    return best[1], best[2]
 
 
 def _middle_mean(x: np.ndarray, inside: np.ndarray, n: int, a: int) -> tuple[np.ndarray, np.ndarray]:
@@ -295,8 +217,8 @@ class PairInteractionApproximator:
         antithetic: bool = True,
         border: bool = True,
     ) -> None:
-        self.budget = _check_int("budget", budget, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.budget = check_int("budget", budget, 1)
+        self.batch_size = check_int("batch_size", batch_size, 1)
         self.random_state = random_state
         self.antithetic = bool(antithetic)
         self.border = bool(border)
@@ -309,7 +231,7 @@ class PairInteractionApproximator:
 
     def approximate(self, value_fn: ValueFn, n_players: int, pairs: Any) -> InteractionResult:
         """Estimate SII and RG (with standard errors) of every pair in `pairs` `(m, 2)`."""
-        n = _check_int("n_players", n_players, 2)
+        n = check_int("n_players", n_players, 2)
         requested = _check_pairs(pairs, n)
         rng = check_random_state(self.random_state)
         evaluator = _Evaluator(value_fn, n, self.batch_size)
@@ -318,11 +240,9 @@ class PairInteractionApproximator:
         unique_pairs, back = np.unique(np.sort(requested, axis=1), axis=0, return_inverse=True)
         back = back.reshape(-1)
         m = len(unique_pairs)
-        players = np.unique(unique_pairs)
-        rows_per_context = 1 + len(players) + m
-        unit = rows_per_context * (2 if self.antithetic else 1)
-        a, units = _plan(n, unique_pairs, self.budget, unit, self.border, self.antithetic)
-        exact_sizes = _border_strata(a, n)
+        plan = ContextPlan.make(n, unique_pairs, self.budget, border=self.border, antithetic=self.antithetic)
+        a, units, players, rows_per_context = plan.depth, plan.units, plan.players, plan.rows_per_context
+        exact_sizes = plan.exact_sizes
         if 0 < units < _FEW_UNITS:
             logger.warning(
                 "budget=%d leaves only %d sampled units for %d pairs; their standard errors are rough "
@@ -337,27 +257,13 @@ class PairInteractionApproximator:
         blocks: list[np.ndarray] = []
         stratum_shapes: list[tuple[int, int]] = []
         for s in exact_sizes:
-            rows = _stratum_rows(n, unique_pairs, s)
+            rows = stratum_rows(n, unique_pairs, s)
             stratum_shapes.append((s, rows.shape[1]))
             blocks.append(np.packbits(rows, axis=-1).reshape(-1, (n + 7) // 8))
-        contexts = np.zeros((0, n), dtype=bool)
-        if units:
-            t = rng.integers(a, n - a + 1, size=units)
-            rank = np.argsort(np.argsort(rng.random((units, n)), axis=1), axis=1)
-            contexts = rank < t[:, None]
-            if self.antithetic:
-                contexts = np.stack([contexts, ~contexts], axis=1).reshape(-1, n)
-            flips = np.zeros((rows_per_context, n), dtype=bool)
-            flips[1 + np.arange(len(players)), players] = True
-            pair_rows = 1 + len(players) + np.arange(m)
-            flips[pair_rows, unique_pairs[:, 0]] = True
-            flips[pair_rows, unique_pairs[:, 1]] = True
-            step = max(1, 2**24 // (rows_per_context * n))
-            for start in range(0, len(contexts), step):
-                rows = contexts[start : start + step, None, :] ^ flips[None]
-                blocks.append(np.packbits(rows, axis=-1).reshape(-1, (n + 7) // 8))
+        contexts = plan.draw_contexts(rng)
+        blocks += plan.context_rows(contexts)
         packed = np.concatenate(blocks)
-        uniq, inverse = np.unique(_to_void(packed), return_inverse=True)
+        uniq, inverse = np.unique(packed_row_keys(packed), return_inverse=True)
         if len(uniq) > self.budget:  # cannot happen by construction; guard the promise anyway
             raise RuntimeError(f"internal error: {len(uniq)} distinct rows exceed budget={self.budget}")
         values = evaluator(uniq.view(np.uint8).reshape(len(uniq), -1))[inverse.reshape(-1)]
@@ -446,14 +352,14 @@ def exact_shapley_interactions(
     value_fn: ValueFn, n_players: int, pairs: Any, batch_size: int = 1024
 ) -> InteractionResult:
     """Exact SII and redundancy gap of `pairs` by evaluating all `2**n_players` coalitions (n <= 16)."""
-    n = _check_int("n_players", n_players, 2)
+    n = check_int("n_players", n_players, 2)
     if n > MAX_EXACT_PLAYERS:
         raise ValueError(
             f"exact enumeration needs 2**n_players = 2**{n} evaluations; it is limited to "
             f"n_players <= {MAX_EXACT_PLAYERS}. Use shapley_interactions(...) with a budget instead"
         )
     requested = _check_pairs(pairs, n)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     evaluator = _Evaluator(value_fn, n, batch_size)
     masks = np.arange(2**n, dtype=np.int64)
     bits = ((masks[:, None] >> np.arange(n)) & 1).astype(bool)  # row r = coalition with bitmask r

@@ -26,6 +26,7 @@ from PIL import Image
 from ..data.enrico import ENRICO_DROPPED_IDS, ENRICO_TOPICS, enrico_split_ids
 from ..data.mmhs150k import MMHS150K_CLASSES
 from ..data.mmimdb import MMIMDB_GENRES
+from ..random_state import check_random_state
 
 __all__ = ["DatasetFixture", "write_mmimdb_fixture", "write_enrico_fixture", "write_mmhs150k_fixture"]
 
@@ -53,12 +54,6 @@ class DatasetFixture(os.PathLike):
 
     def __fspath__(self) -> str:
         return str(self.root)
-
-
-def _rng(random_state: int | np.random.Generator) -> np.random.Generator:
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    return np.random.default_rng(random_state)
 
 
 def _unique_ints(rng: np.random.Generator, high: int, n: int) -> list[int]:
@@ -146,7 +141,7 @@ def write_mmimdb_fixture(
     not written."""
     if n < 6:
         raise ValueError(f"n must be at least 6 (two ids per split), got {n}")
-    rng = _rng(random_state)
+    rng = check_random_state(random_state)
     root = Path(directory) / "mmimdb"
     data = root / "dataset"
     data.mkdir(parents=True, exist_ok=True)
@@ -201,7 +196,7 @@ def write_enrico_fixture(
     wireframe is not written (the default loader raises on either)."""
     if n < 8:
         raise ValueError(f"n must be at least 8, got {n}")
-    rng = _rng(random_state)
+    rng = check_random_state(random_state)
     root = Path(directory) / "enrico"
     root.mkdir(parents=True, exist_ok=True)
     others = [str(10_000 + v) for v in _unique_ints(rng, 62_000, n + 2) if str(10_000 + v) not in ENRICO_DROPPED_IDS]
@@ -243,7 +238,7 @@ def write_mmhs150k_fixture(
     ``missing``: the first val image is not written."""
     if n < 6:
         raise ValueError(f"n must be at least 6, got {n}")
-    rng = _rng(random_state)
+    rng = check_random_state(random_state)
     root = Path(directory) / "MMHS150K"
     (root / "img_resized").mkdir(parents=True, exist_ok=True)
     (root / "img_txt").mkdir(exist_ok=True)

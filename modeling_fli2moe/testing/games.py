@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modeling_fli2moe.explain.game import RandomState, check_random_state
+from modeling_fli2moe.random_state import RandomState, check_random_state
 
 __all__ = [
     "CountingValueFn",
