@@ -5,8 +5,9 @@ Encodes planted examples with the two real offline encoders (all-MiniLM-L6-v2 fr
 region tokens, ImageNet normalisation done with PIL/numpy) and reports cross-validated probe
 accuracies:
 
-* label per kind from pooled text, pooled image and both (synergy: also each cue's bit, and
-  the label as the XOR of the two linear cue probes, since XOR is not linear);
+* label per kind from pooled text, pooled image and both (synergy: also each cue's presence bit,
+  and the label as the AND of the two linear cue probes, since an AND across modalities is not
+  linear in either modality alone);
 * kind (4 classes) from pooled features;
 * evidence localisation: a token-level probe (evidence token vs other tokens) and a
   region-level probe (evidence region vs other regions), with ROC-AUC and top-1 hit rate per
@@ -110,17 +111,17 @@ def cv_acc(x: np.ndarray, y: np.ndarray, model: object = None, seed: int = 0) ->
     return float(cross_val_score(model if model is not None else _lr(), x, y, cv=folds).mean())
 
 
-def xor_probe(
+def and_probe(
     xt: np.ndarray, xi: np.ndarray, wbit: np.ndarray, obit: np.ndarray, y: np.ndarray, seed: int = 0
 ) -> float:
     """Label accuracy when a linear text probe reads the word bit, a linear image probe reads
-    the object bit (both fit on the training folds) and the label is their XOR."""
+    the object bit (both fit on the training folds) and the label is their AND."""
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
     correct = []
     for train, test in folds.split(xt, y):
         pw = _lr().fit(xt[train], wbit[train]).predict(xt[test])
         po = _lr().fit(xi[train], obit[train]).predict(xi[test])
-        correct.append(np.mean((pw ^ po) == y[test]))
+        correct.append(np.mean((pw & po) == y[test]))
     return float(np.mean(correct))
 
 
@@ -205,8 +206,8 @@ def main() -> dict:
             obit = np.array([o == "green circle" for o in np.array(objects)[m]], dtype=int)
             r["word_bit_from_text"] = cv_acc(tpool[m], wbit, seed=args.seed)
             r["object_bit_from_image"] = cv_acc(ipool[m], obit, seed=args.seed)
-            # XOR is not linear: decode each cue linearly, then combine
-            r["label_as_xor_of_cue_probes"] = xor_probe(tpool[m], ipool[m], wbit, obit, labels[m], seed=args.seed)
+            # decode each cue's presence linearly, then combine by the labelling rule
+            r["label_as_and_of_cue_probes"] = and_probe(tpool[m], ipool[m], wbit, obit, labels[m], seed=args.seed)
         per_kind[kind] = {k: round(v, 3) for k, v in r.items()}
     res["label_probe_per_kind"] = per_kind
 
