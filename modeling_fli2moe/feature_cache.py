@@ -48,11 +48,18 @@ __all__ = [
     "text_columns",
     "cached_columns",
     "cache_features",
+    "default_cache_dir",
     "format_cached",
     "modality_means",
     "record_cache_file",
     "verify_cache_file",
 ]
+
+def default_cache_dir() -> Path:
+    """Where features are cached when no folder is given: `$FLI2MOE_CACHE/features`, by default
+    `~/.cache/fli2moe/features`."""
+    return Path(os.environ.get("FLI2MOE_CACHE", Path.home() / ".cache" / "fli2moe")) / "features"
+
 
 #: Bump when the cached layout changes: old files are then ignored (they live under other names).
 FEATURE_CACHE_VERSION = 1

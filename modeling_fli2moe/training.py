@@ -316,10 +316,6 @@ def run_dataset_section(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return dict(section) if isinstance(section, dict) else {}
 
 
-def _default_cache_dir() -> Path:
-    return Path(os.environ.get("FLI2MOE_CACHE", Path.home() / ".cache" / "fli2moe")) / "features"
-
-
 def selection_metric(run: RunConfig) -> str:
     ds = run.dataset
     return ds.get("selection_metric") or SELECTION_METRICS.get(ds.get("name", ""), "accuracy")
@@ -683,7 +679,7 @@ def _run_training(
 ) -> TrainingResult:
     from .collator import FeatureCollator
     from .data import get_loader
-    from .feature_cache import cache_features, modality_means
+    from .feature_cache import cache_features, default_cache_dir, modality_means
     from .metrics import make_compute_metrics
 
     run = config if isinstance(config, RunConfig) else RunConfig(config)
@@ -734,7 +730,7 @@ def _run_training(
         write_run_record(output_dir, run, status="running", resumed_from=str(resume) if resume else None)
 
     # ---- features: read the cache or encode once (the main process first, the others then read it)
-    cache_root = Path(cache_dir or ds_cfg.get("cache_dir") or _default_cache_dir())
+    cache_root = Path(cache_dir or ds_cfg.get("cache_dir") or default_cache_dir())
     with args.main_process_first(desc="feature cache"):
         cached = cache_features(raw_dataset, config, cache_root)
     torch.manual_seed(args.seed)

@@ -192,3 +192,11 @@ def test_cache_errors(tiny_dirs, tmp_path):  # noqa: F811
 def test_column_helpers():
     assert feature_columns("text") == ("text_features", "text_mask", "text_player_mask")
     assert text_columns("text") == ("text_tokens", "text_word_ids")
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLI2MOE_CACHE", str(tmp_path))
+    assert fc.default_cache_dir() == tmp_path / "features"
+    monkeypatch.delenv("FLI2MOE_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert fc.default_cache_dir() == tmp_path / "home" / ".cache" / "fli2moe" / "features"

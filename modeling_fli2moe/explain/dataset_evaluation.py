@@ -41,8 +41,8 @@ def _load(checkpoint: str | os.PathLike):
 def _cached_split(model, split: str, data_dir: str | None, cache_dir: str | None):
     """The split's raw rows (for the drawn examples' images) and its feature-cached rows."""
     from ..data import get_loader
-    from ..feature_cache import cache_features
-    from ..training import _default_cache_dir, run_dataset_section
+    from ..feature_cache import cache_features, default_cache_dir
+    from ..training import run_dataset_section
 
     ds_cfg = run_dataset_section(model.name_or_path)
     loader = ds_cfg.get("loader")
@@ -54,7 +54,7 @@ def _cached_split(model, split: str, data_dir: str | None, cache_dir: str | None
     raw = get_loader(loader)(root, **(ds_cfg.get("options") or {}))
     if split not in raw:
         raise ValueError(f"split {split!r} not in the dataset; splits: {list(raw)}")
-    cached = cache_features(raw.__class__({split: raw[split]}), model.config, cache_dir or _default_cache_dir())
+    cached = cache_features(raw.__class__({split: raw[split]}), model.config, cache_dir or default_cache_dir())
     return raw[split], cached[split]
 
 
