@@ -83,8 +83,7 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
     from transformers import AutoModel
 
     import modeling_fli2moe  # noqa: F401
-    from modeling_fli2moe.explain import Explainer, FeatureGame, concentration, paired_test
-    from modeling_fli2moe.explain.game import word_groups
+    from modeling_fli2moe.explain import Explainer, concentration, paired_test
     from modeling_fli2moe.processing_fli2moe import FLI2MoEProcessor
 
     model = AutoModel.from_pretrained(ckpt).eval()
@@ -109,18 +108,14 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
     seconds, contexts = [], []
     for kind in args.kinds:
         for i, row in enumerate(rows_by_kind[kind]):
-            enc = processor({"text": row["text"], "image": row["image"]})
-            word_ids = enc["word_ids"]["text"][0]
-            groups = {"text": word_groups(word_ids)} if explainer.players == "words" else None
-            inputs = dict(features=enc["features"], attention_mask=enc["attention_mask"],
-                          player_mask=enc["player_mask"], tokens={"text": enc["tokens"]["text"][0]}, groups=groups)
+            # one prepared example (encoded, checked and projected once) serves the explanation and the checks
+            example = explainer.prepare({"text": row["text"], "image": row["image"]})
             t0 = time.perf_counter()
-            exp = explainer.explain(**inputs, random_state=i, **call)
+            exp = explainer.explain(example, random_state=i, **call)
             seconds.append(time.perf_counter() - t0)
             contexts.append(exp.n_contexts)
             by_head = {h: {m: torch.tensor(v) for m, v in exp.maps[h].items()} for h in exp.maps}
-            pm = {n: enc["player_mask"][n][0] for n in enc["player_mask"]}
-            c = concentration(by_head["mixture"], pm)
+            c = concentration(by_head["mixture"], example.player_mask)
             conc["entropy"].append(c.entropy["all"])
             conc["top_mass"].append(c.top_mass["all"])
             for head, own in (("uniqueness_text", "text"), ("uniqueness_image", "image")):
@@ -134,8 +129,7 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
                         share["own kind"].setdefault(head, []).append(mass[own] / total)
             if kind not in hits:
                 continue
-            game = FeatureGame(model, enc["features"], enc["attention_mask"], enc["player_mask"], head="mixture",
-                               output="probability", groups=groups)
+            game = example.game_for("mixture", output="probability")
             text_p, image_p = planted_players(game, row)
             cand = exp.candidate_players
             recall["text"].append(any(p in row["text_positions"] for p in cand.get("text", [])))
@@ -158,17 +152,16 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
             if both:
                 hits_both.setdefault(kind, []).append(is_hit(top, row))
             for key in drops:
-                steps = exp.pair_masking.get(key, {}).get("steps") or []
-                if steps:
-                    drops[key][0].append(steps[0]["ranked_drop"])
-                    drops[key][1].append(steps[0]["random_mean"])
+                masking = exp.pair_masking.get(key)
+                if masking is not None and masking.steps:
+                    first = masking.steps[0]
+                    drops[key][0].append(first.ranked_drop)
+                    drops[key][1].append(first.random_mean)
                     if kind == own_kind[key]:
-                        own_drops[key][0].append(steps[0]["ranked_drop"])
-                        own_drops[key][1].append(steps[0]["random_mean"])
+                        own_drops[key][0].append(first.ranked_drop)
+                        own_drops[key][1].append(first.random_mean)
             if args.reference_budget:
-                ref_game = FeatureGame(model, enc["features"], enc["attention_mask"], enc["player_mask"],
-                                       head="mixture", output=explainer.output, groups=groups,
-                                       autocast_dtype=explainer.autocast_dtype)
+                ref_game = example.game_for("mixture", output=explainer.output, autocast_dtype=explainer.autocast_dtype)
                 ref = reference_run(ref_game, args.reference_budget, 10_000 + i)
                 fidelity["sii"].append(same_pair(exp.synergy_pairs[0], ref_game, ref, int(np.argmax(ref.sii))))
                 fidelity["redundancy_gap"].append(

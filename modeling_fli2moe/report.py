@@ -33,7 +33,6 @@ MODEL_TITLES = {"fl_i2moe": "FL-I2MoE", "dense": "Dense baseline"}
 #: the unit of SII and RG: the explanation games' value (`Explanation.output`), in words
 OUTPUT_UNITS = {"log_odds": "log-odds of the predicted label", "logit": "logit of the predicted label",
                 "probability": "probability of the predicted label"}
-_SPECIAL_TOKENS = {"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"}
 _HEAD_ROLES = {
     "mixture": "the router-weighted mixture, i.e. the model's prediction",
     "uniqueness_text": "the expert trained to rely on the text alone",
@@ -339,15 +338,15 @@ def _routing_table(agg: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------ examples
 def _token_highlights(exp, modality: str) -> str:
+    from .explain.explanation import shown_tokens
+
     rows = []
     tokens = exp.tokens.get(modality, [])
     for head, by_mod in exp.maps.items():
         scores = np.asarray(by_mod.get(modality, []), dtype=float)
         top = float(scores.max()) if scores.size and scores.max() > 0 else 1.0
         spans = []
-        for tok, s in zip(tokens, scores):
-            if tok in _SPECIAL_TOKENS:
-                continue
+        for _, tok, s in shown_tokens(tokens, scores):
             shade = max(float(s), 0.0) / top
             spans.append(f'<span class="tok" style="background: rgba(215, 48, 39, {0.85 * shade:.2f})" '
                          f'title="importance {s:.4g} ({100 * shade:.0f} % of the top token)">{_e(tok)}</span>')

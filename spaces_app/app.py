@@ -50,6 +50,7 @@ def _ensure_package() -> None:
 
 _ensure_package()
 
+from modeling_fli2moe.explain.explanation import shown_tokens  # noqa: E402
 from modeling_fli2moe.report import OUTPUT_UNITS, feature_locality_note  # noqa: E402  (units and the leak note)
 
 try:  # ZeroGPU Spaces: the GPU is attached only inside functions decorated with @spaces.GPU
@@ -240,9 +241,7 @@ def explain(image, caption, budget, n_candidates, seed, progress=gr.Progress()):
     for head in exp.maps:
         scores = np.asarray(exp.maps[head][text_mod], dtype=float)
         top = scores.max() if scores.size and scores.max() > 0 else 1.0
-        highlights[head] = [
-            (tok, float(s / top)) for tok, s in zip(exp.tokens[text_mod], scores) if tok not in ("[PAD]", "[CLS]", "[SEP]")
-        ]
+        highlights[head] = [(tok, s / top) for _, tok, s in shown_tokens(exp.tokens[text_mod], scores)]
         gallery.append((_overlay(image, exp.heatmap_array("image", head)), head))
 
     table = [
@@ -276,16 +275,14 @@ def _masking_figure(exp):
 
     fig = plt.figure(figsize=(5, 2.8))
     ax = fig.add_subplot(111)
-    pm = exp.pair_masking or {}
     for key, label, style in (("sii", "top pairs by SII", "-o"), ("redundancy_gap", "top pairs by RG", "-s")):
-        steps = (pm.get(key) or {}).get("steps") or []
-        if steps:
-            ax.plot([s["budget"] for s in steps], [s["ranked_drop"] for s in steps], style, label=label)
-    steps = (pm.get("sii") or {}).get("steps") or []
-    if steps:
-        ax.errorbar([s["budget"] for s in steps], [s["random_mean"] for s in steps],
-                    yerr=[s["random_std"] for s in steps], fmt="--", color="gray",
-                    label="random pairs (mean ± s.d. of 10 draws)")
+        result = exp.pair_masking.get(key)
+        if result is not None and result.steps:
+            ax.plot(result.pair_counts, result.ranked_drops, style, label=label)
+    result = exp.pair_masking.get("sii")
+    if result is not None and result.steps:
+        ax.errorbar(result.pair_counts, result.random_means, yerr=[s.random_std for s in result.steps], fmt="--",
+                    color="gray", label=f"random pairs (mean ± s.d. of {result.n_random} draws)")
     ax.set_xlabel("pairs masked (both tokens of each)")
     ax.set_ylabel("drop in target\nprobability (0 to 1)")
     ax.grid(alpha=0.3)

@@ -196,7 +196,7 @@ def test_pair_masking_ranked_beats_random():
     scores = [1.0 if (i, j) == (0, 4) else 0.1 * ((i * 7 + j) % 5) / 5 for i, j in CROSS_POOL]
     result = pair_masking(game, CROSS_POOL, scores, n_random=10, random_state=0, score_name="sii")
     assert game.calls == [(1 + 4 * 11, 8)] and result.evaluations == 45
-    assert result.budgets == [1, 2, 4, 8]
+    assert result.pair_counts == [1, 2, 4, 8]
     first = result.steps[0]
     assert first.pairs == [[0, 4]] and first.n_tokens == 2
     assert first.ranked_drop == pytest.approx(0.62)
@@ -215,8 +215,14 @@ def test_pair_masking_ranked_beats_random():
 def test_pair_masking_matches_shared_tokens():
     # the top pairs share player 0: 2 pairs, 3 distinct tokens; so must every random selection
     scores = [3.0 if p == (0, 4) else 2.0 if p == (0, 5) else 2.5 if p == (0, 6) else 0.0 for p in CROSS_POOL]
-    result = pair_masking(ToyGame(), CROSS_POOL, scores, budgets=(2, 3, 100), n_random=10, random_state=1)
-    assert result.budgets == [2, 3]  # 100 > 16 pairs: skipped
+    result = pair_masking(ToyGame(), CROSS_POOL, scores, pair_counts=(2, 3, 100), n_random=10, random_state=1)
+    assert result.pair_counts == [2, 3]  # 100 > 16 pairs: skipped
+    # the earlier keyword still works, with a warning
+    with pytest.warns(DeprecationWarning, match="pair_counts"):
+        old = pair_masking(ToyGame(), CROSS_POOL, scores, budgets=(2, 3, 100), n_random=10, random_state=1)
+    assert old == result
+    with pytest.warns(DeprecationWarning, match="pair_counts"):
+        assert old.budgets == [2, 3]
     assert result.steps[0].pairs == [[0, 4], [0, 6]] and result.steps[0].n_tokens == 3
     assert result.steps[1].n_tokens == 4
     for step in result.steps:

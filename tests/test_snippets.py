@@ -144,7 +144,7 @@ def test_readme_snippet_runs(index, workdir):
         assert len(exp.plot_tokens().axes) == len(exp.maps)
         assert len(exp.plot_heatmap(image).axes[0].images) == 2
         curves = exp.plot_faithfulness().axes[0].lines
-        assert len(curves) == 2 * len(exp.faithfulness["mixture"]["per_modality"])
+        assert len(curves) == 2 * len(exp.faithfulness["mixture"].per_modality)
         plt.close("all")
     if "out" in ns and "config" in ns:  # the model snippet
         out, config = ns["out"], ns["config"]

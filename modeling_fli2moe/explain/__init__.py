@@ -4,6 +4,7 @@ Public names live here (captum-style); each method has its own module.
 """
 
 from .attribution import AttributionMaps, attribute
+from .example import ExplainedExample
 from .explainer import Explainer
 from .explanation import Explanation, InteractionPair
 from .faithfulness import concentration, faithfulness, faithfulness_for_maps, specificity
@@ -11,12 +12,13 @@ from .game import FeatureGame
 from .input_game import InputGame
 from .leakage import CueDecodability, MaskingSurvival, cue_decodability, masking_survival
 from .occlusion import OcclusionEffects, occlusion_effects
-from .pair_masking import pair_masking, paired_test
+from .pair_masking import PairMaskingResult, pair_masking, paired_test
 from .result_interactions import InteractionResult
 from .shapley import PairInteractionApproximator, exact_shapley_interactions, shapley_interactions
 
 __all__ = [
     "AttributionMaps",
+    "ExplainedExample",
     "Explainer",
     "Explanation",
     "FeatureGame",
@@ -26,6 +28,7 @@ __all__ = [
     "CueDecodability",
     "MaskingSurvival",
     "OcclusionEffects",
+    "PairMaskingResult",
     "PairInteractionApproximator",
     "attribute",
     "concentration",

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from ._utils import check_target, eager_attention, eval_mode, resolve_head, select_target, target_values
-from .game import resolve_player_mask
+from .example import ExplainedExample
 
 __all__ = ["ATTRIBUTION_METHODS", "AttributionMaps", "attribute", "default_heads", "rollout"]
 
@@ -121,7 +121,7 @@ def _split(values: torch.Tensor, lengths: Sequence[int], names: Sequence[str]) -
 
 def attribute(
     model: Any,
-    features: Mapping[str, torch.Tensor],
+    features: Mapping[str, torch.Tensor] | ExplainedExample,
     attention_mask: Mapping[str, torch.Tensor] | None = None,
     player_mask: Mapping[str, torch.Tensor] | None = None,
     method: str = "attn_rollout_grad",
@@ -137,14 +137,16 @@ def attribute(
 
     Args:
         model: an `FLI2MoEModel` (interaction mixture or dense baseline); run in eval mode.
-        features / attention_mask / player_mask: as for `FeatureGame` (one example).
+        features / attention_mask / player_mask: as for `FeatureGame` (one example); or `features` an
+            `ExplainedExample` (then the masks come from it, and `occlusion` shares its games' forwards).
         method: `"attn_rollout_grad"` (default), `"integrated_gradients"` or `"gradient_x_input"`.
         heads: `"mixture"`, expert names or indices; default: every expert and the mixture.
         target: labels to explain for every head; default: each head's own prediction (multi-label: its
             predicted-positive labels, top-1 if none).
         n_steps / internal_batch_size: integration steps and chunking of captum's IG.
         groups / output / game_kwargs: the players, value and options of the games `occlusion` runs
-            (see `FeatureGame`); the gradient methods always explain the target logit.
+            (see `FeatureGame`; `groups` defaults to the example's); the gradient methods always explain
+            the target logit.
 
     Returns `AttributionMaps` with non-negative maps `(T_m,)` per head and modality, zero at non-players.
     """
@@ -154,17 +156,19 @@ def attribute(
     if not head_names:
         raise ValueError("heads is empty; pass None for every expert and the mixture, or a list of heads")
     head_names = list(dict.fromkeys(head_names))
-    masks, players = resolve_player_mask(model, features, attention_mask, player_mask)
+    if isinstance(features, ExplainedExample):
+        if attention_mask is not None or player_mask is not None:
+            raise ValueError("an ExplainedExample carries its own masks; pass attention_mask / player_mask to it")
+        example = features
+    else:
+        example = ExplainedExample(model, features, attention_mask, player_mask)
     names = list(model.modality_names)
-    device = model.device
-    feats = {n: features[n].to(device).float() for n in names}
-    masks = {n: masks[n].to(device) for n in names}
+    players = example.player_mask
     problem_type = model.config.problem_type
     expert_names = list(model.config.expert_names)
 
     with eval_mode(model):
-        with torch.no_grad():
-            out = model(features=feats, attention_mask=masks)
+        out = example.model_output()
         logits_by_head = {"mixture": out.logits[0]}
         logits_by_head.update({e: out.expert_logits[0, i] for i, e in enumerate(expert_names)})
         if target is None:
@@ -175,59 +179,54 @@ def attribute(
         weights = out.expert_weights[0].float()
 
         if method == "occlusion":
-            raw = _occlusion_maps(model, features, attention_mask, players, head_names, targets, groups, output,
-                                  game_kwargs)
+            raw = _occlusion_maps(example, head_names, targets, example.groups if groups is None else groups,
+                                  output, game_kwargs)
         elif method == "attn_rollout_grad":
-            raw = _rollout_maps(model, feats, masks, head_names, targets, weights)
+            raw = _rollout_maps(example, head_names, targets, weights)
         else:
-            raw = _gradient_maps(model, feats, masks, head_names, targets, method, n_steps, internal_batch_size)
+            raw = _gradient_maps(example, head_names, targets, method, n_steps, internal_batch_size)
 
     maps = {}
     for h in head_names:
-        maps[h] = {n: (raw[h][n].detach().float().cpu() * players[n].cpu()).clamp_min(0) for n in names}
+        maps[h] = {n: (raw[h][n].detach().float().cpu() * players[n]).clamp_min(0) for n in names}
     return AttributionMaps(
         method=method,
         maps=maps,
-        player_mask={n: players[n].cpu() for n in names},
+        player_mask=dict(players),
         targets=targets,
         expert_weights={e: float(weights[i]) for i, e in enumerate(expert_names)},
     )
 
 
 def _occlusion_maps(
-    model: Any,
-    features: Mapping[str, torch.Tensor],
-    attention_mask: Mapping[str, torch.Tensor] | None,
-    players: Mapping[str, torch.Tensor],
+    example: ExplainedExample,
     head_names: list[str],
     targets: dict[str, list[int]],
     groups: Mapping[str, Sequence[Sequence[int]]] | None,
     output: str,
     game_kwargs: Mapping[str, Any],
 ) -> dict[str, dict[str, torch.Tensor]]:
-    from .game import FeatureGame
-    from .occlusion import occlusion_effects
-
     result = {}
     for h in head_names:
-        game = FeatureGame(model, features, attention_mask, players, head=h, target=targets[h], output=output,
-                           groups=groups, **game_kwargs)
-        per_player = occlusion_effects(game).score / 2
+        game = example.game_for(h, target=targets[h], output=output, groups=groups, **game_kwargs)
+        per_player = example.occlusion_effects(game).score / 2
         sizes = torch.tensor([len(p) for p in game.player_positions], dtype=torch.float64)
         result[h] = {n: m.float() for n, m in game.token_map(per_player / sizes).items()}
     return result
 
 
+def _inputs(example: ExplainedExample) -> tuple[list[str], list[str], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Modality names, expert names, float features and bool masks (on the model's device) of the gradient methods."""
+    model = example.model
+    feats = {n: example.features[n].float() for n in model.modality_names}
+    return list(model.modality_names), list(model.config.expert_names), feats, example.attention_mask
+
+
 def _rollout_maps(
-    model: Any,
-    feats: dict[str, torch.Tensor],
-    masks: dict[str, torch.Tensor],
-    head_names: list[str],
-    targets: dict[str, list[int]],
-    weights: torch.Tensor,
+    example: ExplainedExample, head_names: list[str], targets: dict[str, list[int]], weights: torch.Tensor
 ) -> dict[str, dict[str, torch.Tensor]]:
-    names = list(model.modality_names)
-    expert_names = list(model.config.expert_names)
+    model = example.model
+    names, expert_names, feats, masks = _inputs(example)
     lengths = [feats[n].shape[1] for n in names]
     query_mask = torch.cat([masks[n][0] for n in names])
     with torch.enable_grad(), eager_attention(model):  # the implementation that returns the probabilities
@@ -263,17 +262,15 @@ def _rollout_maps(
 
 
 def _gradient_maps(
-    model: Any,
-    feats: dict[str, torch.Tensor],
-    masks: dict[str, torch.Tensor],
+    example: ExplainedExample,
     head_names: list[str],
     targets: dict[str, list[int]],
     method: str,
     n_steps: int,
     internal_batch_size: int | None,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    names = list(model.modality_names)
-    expert_names = list(model.config.expert_names)
+    model = example.model
+    names, expert_names, feats, masks = _inputs(example)
     h = len(head_names)
     means = model.get_modality_means()
     inputs = tuple(feats[n].expand(h, -1, -1).clone() for n in names)  # one row per head

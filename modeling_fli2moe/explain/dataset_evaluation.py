@@ -85,16 +85,17 @@ def explain_example(model, row: dict[str, Any], budget: int, n_candidates: int, 
     maps = {h: {m: torch.tensor(v) for m, v in by_mod.items()} for h, by_mod in exp.maps.items()}
     out: dict[str, Any] = {
         "faithfulness": {
-            h: {m: {k: c[k] for k in keys} for m, c in r["per_modality"].items()} for h, r in exp.faithfulness.items()
+            h: {m: {k: getattr(c, k) for k in keys} for m, c in r.per_modality.items()} for h, r in exp.faithfulness.items()
         },
         "faithfulness_curves": {
-            h: {m: {k: c[k] for k in CURVE_KEYS} for m, c in r["per_modality"].items()} for h, r in exp.faithfulness.items()
+            h: {m: {k: getattr(c, k) for k in CURVE_KEYS} for m, c in r.per_modality.items()}
+            for h, r in exp.faithfulness.items()
         },
         "routing_weights": dict(exp.routing_weights),
         "concentration": {h: concentration(maps[h], players).to_dict() for h in maps},
         "specificity": specificity(maps, players).to_dict(),
         "pair_masking": {
-            key: {str(s["budget"]): {"ranked": s["ranked_drop"], "random": s["random_mean"]} for s in r["steps"]}
+            key: {str(s.budget): {"ranked": s.ranked_drop, "random": s.random_mean} for s in r.steps}
             for key, r in exp.pair_masking.items()
         },
         "feature_locality": exp.feature_locality,

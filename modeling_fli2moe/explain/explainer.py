@@ -14,10 +14,13 @@ from ..precision import autocast_dtype_for
 from ..random_state import RandomState, check_random_state
 from ._utils import check_int, eval_mode
 from .attribution import ATTRIBUTION_METHODS, attribute
+from .example import ExplainedExample, word_groups
 from .explanation import Explanation, InteractionPair, grid_shape
-from .game import OUTPUTS, FeatureGame, word_groups
-from .occlusion import occlusion_effects
-from .shapley import shapley_interactions
+from .faithfulness import FaithfulnessResult, faithfulness_for_maps
+from .game import OUTPUTS, FeatureGame
+from .pair_masking import PairMaskingResult
+from .pair_masking import pair_masking as pair_masking_fn
+from .shapley import PairInteractionApproximator
 
 Progress = Callable[[float, str], None]
 PLAYER_KINDS = ("words", "tokens")
@@ -26,10 +29,11 @@ PLAYER_KINDS = ("words", "tokens")
 class Explainer:
     """Explains FL-I2MoE (or the dense baseline) predictions, one example at a time.
 
-    The pipeline: players (words and image regions by default), a game per head whose value is the
-    target's log-odds, candidate players per modality by their first-order occlusion effects, Monte
-    Carlo SII and redundancy gap of the cross-modal candidate pairs, attribution maps per head,
-    top-K% faithfulness and pair masking against random pairs.
+    The pipeline: the example prepared once (`prepare`: checked, projected, its players words and image
+    regions by default), a game per head made from it whose value is the target's log-odds, candidate
+    players per modality by their first-order occlusion effects, Monte Carlo SII and redundancy gap of
+    the cross-modal candidate pairs (`PairInteractionApproximator`), attribution maps per head (`method`),
+    top-K% faithfulness and pair masking against random pairs, on probability games of the same example.
 
     Args:
         model: an `FLI2MoEModel`; explained in eval mode whatever mode it is in.
@@ -82,8 +86,22 @@ class Explainer:
         self.chunk_size = chunk_size
 
     # ----------------------------------------------------------------- inputs
-    def _prepare(self, inputs, features, attention_mask, player_mask, tokens, groups):
+    def prepare(
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        features: Mapping[str, torch.Tensor] | None = None,
+        attention_mask: Mapping[str, torch.Tensor] | None = None,
+        player_mask: Mapping[str, torch.Tensor] | None = None,
+        tokens: Mapping[str, list[str]] | None = None,
+        groups: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    ) -> ExplainedExample:
+        """One example as the explanation sees it: raw `inputs` (through the processor) or `features` with
+        their masks, validated and projected once, with its tokens and players (words, by the processor's
+        `word_ids`, when `players="words"`; `groups` overrides them). Pass it to `explain`, or make games
+        of it (`example.game_for(head, output=...)`)."""
         word_ids: dict[str, list[int]] = {}
+        truncated: list[str] = []
         if inputs is not None:
             if self.processor is None:
                 raise ValueError("raw inputs need a processor: Explainer(model, FLI2MoEProcessor.from_pretrained(ckpt))")
@@ -92,25 +110,14 @@ class Explainer:
             tokens = {n: t[0] for n, t in (enc.get("tokens") or {}).items() if t}
             word_ids = {n: w[0] for n, w in (enc.get("word_ids") or {}).items() if w}
             truncated = [n for n, flags in enc.get("truncated", {}).items() if any(flags)]
-        else:
-            truncated = []
-            if features is None:
-                raise ValueError("give either raw `inputs` or `features` (with attention_mask / player_mask)")
-        names = self.model.modality_names
-        features = {n: (f if f.dim() == 3 else f.unsqueeze(0)) for n, f in features.items()}
-        if any(f.shape[0] != 1 for f in features.values()):
+        elif features is None:
+            raise ValueError("give either raw `inputs` or `features` (with attention_mask / player_mask)")
+        if any((f if f.dim() == 3 else f.unsqueeze(0)).shape[0] != 1 for f in features.values()):
             raise ValueError("Explainer.explain explains one example at a time: pass tensors with batch size 1")
-        if attention_mask is not None:
-            attention_mask = {n: (m if m.dim() == 2 else m.unsqueeze(0)) for n, m in attention_mask.items()}
-        tokens = dict(tokens or {})
-        for n in names:
-            if n in features and not tokens.get(n):
-                t = features[n].shape[1]
-                rows, cols = grid_shape(t)
-                tokens[n] = [f"{n} {i // cols},{i % cols}" if rows > 1 else f"{n} {i}" for i in range(t)]
         if groups is None and self.players == "words" and word_ids:
             groups = {n: word_groups(w) for n, w in word_ids.items() if any(x is not None and x >= 0 for x in w)}
-        return features, attention_mask, player_mask, tokens, truncated, groups or None
+        return ExplainedExample(self.model, features, attention_mask, player_mask, tokens=tokens,
+                                groups=groups or None, truncated=truncated)
 
     def feature_locality(self) -> dict[str, str]:
         """`local`, `contextual` or `unknown` per modality, from the config's encoder specs."""
@@ -119,7 +126,7 @@ class Explainer:
     # ---------------------------------------------------------------- explain
     def explain(
         self,
-        inputs: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, Any] | ExplainedExample | None = None,
         *,
         features: Mapping[str, torch.Tensor] | None = None,
         attention_mask: Mapping[str, torch.Tensor] | None = None,
@@ -139,11 +146,12 @@ class Explainer:
     ) -> Explanation:
         """Explain one example: prediction, routing, attribution maps, top synergistic and redundant pairs.
 
-        `budget` bounds the coalition evaluations of the pair search on the mixture (the candidates'
-        occlusion effects and the SII / RG estimates; maps, faithfulness and masking come on top); `n_candidates`
-        players per modality (by `candidates`) form the candidate cross-modal pairs; `groups` overrides
-        the players (`{modality: [[token positions], ...]}`); `expert_pairs=True` also estimates SII/RG
-        with each expert as the value function.
+        The example is raw `inputs`, `features` with their masks (as for `prepare`), or an `ExplainedExample`
+        from `prepare` passed as `inputs`. `budget` bounds the coalition evaluations of the pair search on
+        the mixture (the candidates' occlusion effects and the SII / RG estimates; maps, faithfulness and
+        masking come on top); `n_candidates` players per modality (by `candidates`) form the candidate
+        cross-modal pairs; `groups` overrides the players (`{modality: [[token positions], ...]}`);
+        `expert_pairs=True` also estimates SII/RG with each expert as the value function.
         """
         check_int("budget", budget)
         check_int("n_candidates", n_candidates)
@@ -151,21 +159,28 @@ class Explainer:
         if expert_budget is not None:
             check_int("expert_budget", expert_budget)
         rng = check_random_state(random_state)
+        if isinstance(inputs, ExplainedExample):
+            given = [k for k, v in (("features", features), ("attention_mask", attention_mask),
+                                    ("player_mask", player_mask), ("tokens", tokens), ("groups", groups)) if v is not None]
+            if given:
+                raise ValueError(f"an ExplainedExample carries its own {given[0]}; give it to Explainer.prepare")
+            example = inputs
         with eval_mode(self.model):
-            return self._explain(inputs, features, attention_mask, player_mask, tokens, groups, budget, n_candidates,
-                                 rng, heads, expert_pairs, expert_budget, faithfulness, pair_masking, top_k, progress)
+            t0 = time.perf_counter()
+            if not isinstance(inputs, ExplainedExample):
+                example = self.prepare(inputs, features=features, attention_mask=attention_mask,
+                                       player_mask=player_mask, tokens=tokens, groups=groups)
+            return self._explain(example, t0, budget, n_candidates, rng, heads, expert_pairs, expert_budget,
+                                 faithfulness, pair_masking, top_k, progress)
 
-    def _explain(self, inputs, features, attention_mask, player_mask, tokens, groups, budget, n_candidates, rng,
-                 heads, expert_pairs, expert_budget, faithfulness, pair_masking, top_k, progress) -> Explanation:
-        t0 = time.perf_counter()
+    def _explain(self, example: ExplainedExample, t0: float, budget, n_candidates, rng, heads, expert_pairs,
+                 expert_budget, faithfulness, pair_masking, top_k, progress) -> Explanation:
         step = progress or (lambda frac, desc: None)
         model = self.model
         cfg = model.config
         names = model.modality_names
-        features, attention_mask, player_mask, tokens, truncated, groups = self._prepare(
-            inputs, features, attention_mask, player_mask, tokens, groups
-        )
-        notes = [f"the {n} input was truncated to the encoder's max tokens" for n in truncated]
+        tokens, groups = example.tokens, example.groups
+        notes = [f"the {n} input was truncated to the encoder's max tokens" for n in example.truncated]
         locality = self.feature_locality()
         contextual = [n for n, kind in locality.items() if kind == "contextual"]
         if contextual:
@@ -175,8 +190,7 @@ class Explainer:
                 "features, not the raw input"
             )
 
-        with torch.inference_mode():
-            out = model(features, attention_mask)
+        out = example.model_output()
         logits = out.logits[0].float()
         multi = cfg.problem_type == "multi_label_classification"
         probs = torch.sigmoid(logits) if multi else torch.softmax(logits, -1)
@@ -188,17 +202,15 @@ class Explainer:
         expert_predictions = {e: {labels[c]: float(expert_probs[i, c]) for c in range(len(labels))}
                               for i, e in enumerate(expert_names)}
 
-        game_options = {"groups": groups, "chunk_size": self.chunk_size, "autocast_dtype": self.autocast_dtype}
+        game_options = {"chunk_size": self.chunk_size, "autocast_dtype": self.autocast_dtype}
         step(0.05, "first-order occlusion effects of every player")
-        game = FeatureGame(model, features, attention_mask, player_mask, head="mixture", output=self.output,
-                           **game_options)
-        effects = occlusion_effects(game)
+        game = example.game_for("mixture", output=self.output, **game_options)
+        effects = example.occlusion_effects(game)
 
         step(0.15, "attribution maps (per expert and mixture)")
         head_list = list(heads) if heads is not None else (
             ["mixture"] + (expert_names if cfg.mixture == "interaction" else []))
-        maps = attribute(model, features, attention_mask, player_mask, method=self.method, heads=head_list,
-                         output=self.output, **game_options)
+        maps = attribute(model, example, method=self.method, heads=head_list, output=self.output, **game_options)
 
         step(0.3, "Shapley interactions of the candidate pairs")
         if self.candidates == "occlusion":
@@ -206,8 +218,8 @@ class Explainer:
         elif self.candidates == self.method:
             candidate_scores = game.player_scores(maps.maps["mixture"])
         else:
-            other = attribute(model, features, attention_mask, player_mask, method=self.candidates, heads=["mixture"],
-                              output=self.output, **game_options)
+            other = attribute(model, example, method=self.candidates, heads=["mixture"], output=self.output,
+                              **game_options)
             candidate_scores = game.player_scores(other.maps["mixture"])
         pairs = self.candidate_pairs(game, candidate_scores, n_candidates)
         if budget <= effects.evaluations:
@@ -215,8 +227,9 @@ class Explainer:
                 f"budget={budget} does not cover the candidate search ({effects.evaluations} evaluations for "
                 f"{game.n_players} players) and the pair estimates; raise budget (the default is 2048)"
             )
-        result = shapley_interactions(game, game.n_players, pairs, budget - effects.evaluations, random_state=rng,
-                                      batch_size=self.chunk_size)
+        approximator = PairInteractionApproximator(budget - effects.evaluations, random_state=rng,
+                                                   batch_size=self.chunk_size)
+        result = approximator.approximate(game, game.n_players, pairs)
         synergy, redundancy = self._ranked_pairs(game, result, tokens, "mixture", top_k)
         evaluations = int(result.evaluations) + effects.evaluations
 
@@ -224,24 +237,26 @@ class Explainer:
         if expert_pairs and cfg.mixture == "interaction":
             for i, e in enumerate(expert_names):
                 step(0.45 + 0.2 * i / len(expert_names), f"pairs of the {e} expert")
-                g = FeatureGame(model, features, attention_mask, player_mask, head=e, output=self.output,
-                                **game_options)
-                r = shapley_interactions(g, g.n_players, pairs, expert_budget or budget, random_state=rng,
-                                         batch_size=self.chunk_size)
+                g = example.game_for(e, output=self.output, **game_options)
+                r = PairInteractionApproximator(expert_budget or budget, random_state=rng,
+                                                batch_size=self.chunk_size).approximate(g, g.n_players, pairs)
                 syn_e, red_e = self._ranked_pairs(g, r, tokens, e, top_k)
                 per_expert[e] = {"synergy": syn_e, "redundancy": red_e}
                 evaluations += int(r.evaluations)
 
-        faith: dict[str, Any] = {}
+        faith: dict[str, FaithfulnessResult] = {}
         if faithfulness:
             step(0.7, "faithfulness: top-K% masking against random tokens")
-            faith = self._faithfulness(features, attention_mask, maps, head_list, rng)
-        masking: dict[str, Any] = {}
+            # the faithfulness games rank single tokens (a map's K% is of tokens, not of words)
+            faith = faithfulness_for_maps(model, example, maps, heads=head_list, random_state=rng, groups=None,
+                                          **game_options)
+        masking: dict[str, PairMaskingResult] = {}
         if pair_masking:
             step(0.85, "masking the top pairs against random pairs")
-            prob_game = FeatureGame(model, features, attention_mask, player_mask, head="mixture", output="probability",
-                                    **game_options)
-            masking = self._pair_masking(prob_game, result, rng)
+            prob_game = example.game_for("mixture", output="probability", **game_options)
+            masking = {key: pair_masking_fn(prob_game, result.pairs, getattr(result, key), random_state=rng,
+                                            score_name=key)
+                       for key in ("sii", "redundancy_gap")}
 
         step(1.0, "done")
         return Explanation(
@@ -253,7 +268,7 @@ class Explainer:
             expert_predictions=expert_predictions,
             method=self.method,
             tokens={n: list(tokens[n]) for n in names},
-            grids={n: grid_shape(features[n].shape[1]) for n in names},
+            grids={n: grid_shape(example.lengths[n]) for n in names},
             maps={h: {n: [float(v) for v in maps.maps[h][n].tolist()] for n in names} for h in maps.maps},
             synergy_pairs=synergy,
             redundancy_pairs=redundancy,
@@ -311,22 +326,6 @@ class Explainer:
         red = [make(k) for k in np.argsort(-result.redundancy_gap, kind="stable")[:top_k]]
         return syn, red
 
-    def _faithfulness(self, features, attention_mask, maps, heads, rng) -> dict[str, Any]:
-        from .faithfulness import faithfulness_for_maps
-
-        results = faithfulness_for_maps(self.model, features, maps, attention_mask, heads=heads,
-                                        random_state=rng, chunk_size=self.chunk_size,
-                                        autocast_dtype=self.autocast_dtype)
-        return {head: _plain(r) for head, r in results.items()}
-
-    def _pair_masking(self, game: FeatureGame, result, rng) -> dict[str, Any]:
-        from .pair_masking import pair_masking as pair_masking_fn
-
-        return {
-            key: _plain(pair_masking_fn(game, result.pairs, getattr(result, key), random_state=rng, score_name=key))
-            for key in ("sii", "redundancy_gap")
-        }
-
 
 def pairs_of(pairs: np.ndarray, game: FeatureGame, modality: str) -> list[int]:
     """The distinct players of `modality` among `pairs`, in first-seen order."""
@@ -343,20 +342,3 @@ def _token(tokens: Mapping[str, list[str]], modality: str, positions: Sequence[i
     return pieces[0].lstrip("\u0120\u2581") + "".join(
         p[2:] if p.startswith("##") else p.lstrip("\u0120\u2581") for p in pieces[1:]
     )
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe copy of a result (dataclasses with to_dict, tensors, numpy arrays)."""
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if torch.is_tensor(value):
-        return value.tolist()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return value

@@ -10,6 +10,18 @@ from typing import Any
 
 import numpy as np
 
+from .faithfulness import FaithfulnessResult
+from .pair_masking import PairMaskingResult
+
+#: tokens that carry no content (padding and the tokenizers' sequence markers): never drawn
+SPECIAL_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"})
+
+
+def shown_tokens(tokens: list[str], scores: Any) -> list[tuple[int, str, float]]:
+    """`(position, token, score)` of the tokens worth drawing: every token but padding and sequence markers
+    (`SPECIAL_TOKENS`), with its score from `scores` (aligned with `tokens`)."""
+    return [(i, tok, float(s)) for i, (tok, s) in enumerate(zip(tokens, scores)) if tok not in SPECIAL_TOKENS]
+
 
 @dataclass
 class InteractionPair:
@@ -49,8 +61,10 @@ class Explanation:
     synergy_pairs: list[InteractionPair] = field(default_factory=list)
     redundancy_pairs: list[InteractionPair] = field(default_factory=list)
     expert_pairs: dict[str, dict[str, list[InteractionPair]]] = field(default_factory=dict)
-    faithfulness: dict[str, Any] = field(default_factory=dict)
-    pair_masking: dict[str, Any] = field(default_factory=dict)
+    #: per head: top-K% masking of its map against random tokens
+    faithfulness: dict[str, FaithfulnessResult] = field(default_factory=dict)
+    #: per ranking score (``"sii"``, ``"redundancy_gap"``): masking the top pairs against random pairs
+    pair_masking: dict[str, PairMaskingResult] = field(default_factory=dict)
     budget: int = 0
     evaluations: int = 0
     seconds: float = 0.0
@@ -77,6 +91,8 @@ class Explanation:
             head: {kind: [InteractionPair(**p) for p in pairs] for kind, pairs in by_kind.items()}
             for head, by_kind in (data.get("expert_pairs") or {}).items()
         }
+        data["faithfulness"] = {h: FaithfulnessResult.from_dict(r) for h, r in (data.get("faithfulness") or {}).items()}
+        data["pair_masking"] = {k: PairMaskingResult.from_dict(r) for k, r in (data.get("pair_masking") or {}).items()}
         return cls(**data)
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int = 1) -> str:
@@ -140,9 +156,7 @@ class Explanation:
             scores = np.asarray(self.maps[head][modality], dtype=float)
             top = scores.max() if scores.size and scores.max() > 0 else 1.0
             x = 0.0
-            for tok, s in zip(tokens, scores):
-                if tok in ("[PAD]", "<pad>"):
-                    continue
+            for _, tok, s in shown_tokens(tokens, scores):
                 ax.text(x, 0.5, tok, fontsize=10, va="center", ha="left",
                         bbox=dict(facecolor=plt.cm.Reds(float(s) / top * 0.85), edgecolor="none", pad=2))
                 x += 0.012 * (len(tok) + 2)
@@ -210,18 +224,17 @@ class Explanation:
         """Comprehensiveness and sufficiency against K%, for the map and for random tokens."""
         import matplotlib.pyplot as plt
 
-        data = self.faithfulness.get(head)
+        result = self.faithfulness.get(head)
         fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-        if not data:
+        if result is None:
             for ax in axes:
                 ax.set_axis_off()
             axes[0].text(0.5, 0.5, "no faithfulness numbers", ha="center")
             return fig
         for ax, key in zip(axes, ("comprehensiveness", "sufficiency")):
-            for modality, curves in data.get("per_modality", {}).items():
-                ks = curves["k_percent"]
-                ax.plot(ks, curves[key], marker="o", label=f"{modality}: map")
-                ax.plot(ks, curves[f"random_{key}"], ls="--", label=f"{modality}: random")
+            for modality, curve in result.per_modality.items():
+                ax.plot(curve.k_percent, getattr(curve, key), marker="o", label=f"{modality}: map")
+                ax.plot(curve.k_percent, getattr(curve, f"random_{key}"), ls="--", label=f"{modality}: random")
             ax.set_xlabel("K (% of tokens)")
             ax.set_title(key, fontsize=10)
             ax.grid(alpha=0.3)

@@ -28,6 +28,7 @@ import torch
 
 from ..random_state import RandomState, check_random_state
 from .attribution import AttributionMaps
+from .example import ExplainedExample
 from .game import FeatureGame
 
 logger = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def faithfulness(
 
 def faithfulness_for_maps(
     model: Any,
-    features: Mapping[str, torch.Tensor],
+    features: Mapping[str, torch.Tensor] | ExplainedExample,
     maps: AttributionMaps,
     attention_mask: Mapping[str, torch.Tensor] | None = None,
     heads: Sequence[str] | None = None,
@@ -218,20 +219,19 @@ def faithfulness_for_maps(
     **game_kwargs: Any,
 ) -> dict[str, FaithfulnessResult]:
     """`faithfulness` for every head of `maps`, each on a probability game of that head with the map's
-    target and player mask. `game_kwargs` go to `FeatureGame` (fill, groups, chunk_size, autocast_dtype)."""
+    target and player mask. `features` may be an `ExplainedExample` (its player mask must be the maps').
+    `game_kwargs` go to `FeatureGame` (fill, groups, chunk_size, autocast_dtype; `groups` defaults to the
+    example's, none for raw features)."""
     rng = check_random_state(random_state)
+    if isinstance(features, ExplainedExample):
+        example = features
+        if any(not torch.equal(example.player_mask[n], maps.player_mask[n].cpu().bool()) for n in example.player_mask):
+            raise ValueError("the maps were made with other players than this example's; pass the features instead")
+    else:
+        example = ExplainedExample(model, features, attention_mask, maps.player_mask)
     results = {}
     for head in heads or maps.heads:
-        game = FeatureGame(
-            model,
-            features,
-            attention_mask,
-            player_mask=maps.player_mask,
-            head=head,
-            target=maps.targets.get(head),
-            output="probability",
-            **game_kwargs,
-        )
+        game = example.game_for(head, target=maps.targets.get(head), output="probability", **game_kwargs)
         results[head] = faithfulness(game, maps[head], k_percents, n_random, rng)
     return results
 

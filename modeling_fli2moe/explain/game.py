@@ -23,14 +23,16 @@ import torch
 
 from ..random_state import RandomState, check_random_state
 from ._utils import check_target, eval_mode, resolve_head, select_target, target_values
+from .example import ExplainedExample, Groups, resolve_player_mask, word_groups
 
 logger = logging.getLogger(__name__)
 
 # check_random_state, check_target, eval_mode, resolve_head, select_target and target_values live in
-# random_state.py and _utils.py; they stay importable from here
+# random_state.py and _utils.py, resolve_player_mask and word_groups in example.py; they stay importable here
 __all__ = [
     "FILLS",
     "OUTPUTS",
+    "ExplainedExample",
     "FeatureGame",
     "RandomState",
     "check_random_state",
@@ -46,53 +48,6 @@ __all__ = [
 
 FILLS = ("mean", "remove")
 OUTPUTS = ("log_odds", "logit", "probability")
-
-def resolve_player_mask(
-    model: Any,
-    features: Mapping[str, torch.Tensor],
-    attention_mask: Mapping[str, torch.Tensor] | None,
-    player_mask: Mapping[str, torch.Tensor] | None,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Validate one example (B = 1); return the bool attention masks `{name: (1, T)}` and player masks
-    `{name: (T,)}` (player mask AND attention mask; a modality missing from `player_mask` uses its
-    attention mask)."""
-    batch, masks = model.check_inputs(features, attention_mask)
-    if batch != 1:
-        raise ValueError(
-            f"this explains one example, but the features have batch size {batch}; "
-            "pass one row, e.g. {name: x[i:i+1]} for every modality"
-        )
-    players = {}
-    for name in model.modality_names:
-        valid = masks[name][0]
-        given = None if player_mask is None else player_mask.get(name)
-        if given is None:
-            players[name] = valid.clone()
-            continue
-        given = torch.as_tensor(given, device=valid.device).bool().reshape(-1)
-        if given.numel() != valid.numel():
-            raise ValueError(
-                f"player_mask[{name!r}] has {given.numel()} entries, but features[{name!r}] has {valid.numel()} "
-                "tokens; pass a (T,) or (1, T) mask with 1 for every token that may be a player"
-            )
-        players[name] = given & valid
-    if player_mask is not None:
-        extra = [n for n in player_mask if n not in model.modality_names]
-        if extra:
-            raise ValueError(f"player_mask has unknown modality {extra[0]!r}: expected {model.modality_names}")
-    return masks, players
-
-
-def word_groups(word_ids: Sequence[int | None]) -> list[list[int]]:
-    """Token positions grouped by word, from a tokenizer's `word_ids()` (None or -1 = special token, skipped).
-
-    Use as `groups={"text": word_groups(encoding.word_ids())}`."""
-    by_word: dict[int, list[int]] = {}
-    for position, word in enumerate(word_ids):
-        if word is not None and int(word) >= 0:  # None or -1: a special token
-            by_word.setdefault(int(word), []).append(position)
-    return [by_word[w] for w in sorted(by_word, key=lambda w: by_word[w][0])]
-
 
 def patch_cell_groups(
     grid: tuple[int, int], cell: tuple[int, int] = (2, 2), offset: int = 0
@@ -140,7 +95,9 @@ class FeatureGame:
 
     Args:
         model: an `FLI2MoEModel` (interaction mixture or dense baseline); evaluated in eval mode.
-        features: `{name: (1, T_m, D_m)}` frozen-encoder features of ONE example.
+        features: `{name: (1, T_m, D_m)}` frozen-encoder features of ONE example, or an `ExplainedExample`
+            of it (then no masks here: the game reads the example's projection and shares the reference
+            forwards with the example's other games of the same head).
         attention_mask: `{name: (1, T_m)}`, 1 = real token (omitted = all valid).
         player_mask: `{name: (T_m,) or (1, T_m)}`, 1 = may be a player (use 0 for special tokens such as
             [CLS]/[SEP]); intersected with the attention mask. Non-players are always present.
@@ -162,20 +119,21 @@ class FeatureGame:
     Attributes: `players` (list of (modality, first position)), `player_positions` (list of position
     lists), `n_players`, `modality_of_player` (`(n_players,)` long, config modality index),
     `modality_names`, `target` (labels), `value_full`, `value_empty`, `evaluations` (rows passed to
-    the game; the two reference values computed at construction are not counted).
+    the game; the reference values of the full and empty coalitions are not counted), `example` (the
+    `ExplainedExample` it reads from; the games of `ExplainedExample.game_for` share one).
     """
 
     def __init__(
         self,
         model: Any,
-        features: Mapping[str, torch.Tensor],
+        features: Mapping[str, torch.Tensor] | ExplainedExample,
         attention_mask: Mapping[str, torch.Tensor] | None = None,
         player_mask: Mapping[str, torch.Tensor] | None = None,
         head: int | str = "mixture",
         target: int | Sequence[int] | None = None,
         fill: str = "mean",
         output: str = "logit",
-        groups: Mapping[str, Sequence[Sequence[int]]] | Sequence[Sequence[int]] | None = None,
+        groups: Groups | None = None,
         chunk_size: int | None = None,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
@@ -185,7 +143,17 @@ class FeatureGame:
             raise ValueError(f"output must be one of {list(OUTPUTS)}, got {output!r}")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if isinstance(features, ExplainedExample):
+            if attention_mask is not None or player_mask is not None:
+                raise ValueError("an ExplainedExample carries its own masks; pass attention_mask / player_mask to it")
+            if features.model is not model:
+                raise ValueError("this ExplainedExample was prepared for another model")
+            example = features
+        else:
+            example = ExplainedExample(model, features, attention_mask, player_mask)
+        model = example.model
         self.model = model
+        self.example = example
         self.head = resolve_head(model, head)
         self.fill = fill
         self.output = output
@@ -194,27 +162,20 @@ class FeatureGame:
         self.problem_type = model.config.problem_type
         self.modality_names = list(model.modality_names)
         self.evaluations = 0
-
-        masks, players = resolve_player_mask(model, features, attention_mask, player_mask)
-        self.lengths = {n: int(features[n].shape[1]) for n in self.modality_names}
-        self.player_token_mask = {n: players[n].cpu() for n in self.modality_names}
-        trimmed, masks = model.trim_padding(features, masks)
+        self.lengths = dict(example.lengths)
+        self.player_token_mask = example.player_mask
         if chunk_size is None:
-            self.chunk_size = memory_chunk_size(model, sum(m.shape[1] for m in masks.values()), self.head)
+            self.chunk_size = memory_chunk_size(model, example.n_tokens, self.head)
         self._build_players(groups)
         if self.n_players == 0:
             raise ValueError(
                 "this example has no players: every token is padding or excluded by player_mask; "
                 "check attention_mask / player_mask (players are valid, non-special tokens)"
             )
-
         device = model.device
-        with torch.inference_mode(), eval_mode(model):
-            projected = model.project({n: trimmed[n].to(device) for n in self.modality_names})
-            self._projected = {n: projected[n] for n in self.modality_names}  # (1, T, H)
-            fill_tokens = model.projected_modality_means()
-            self._fill = {n: fill_tokens[n].to(projected[n].dtype) for n in self.modality_names}  # (H,)
-        self._masks = {n: masks[n].to(device) for n in self.modality_names}  # (1, T) bool
+        self._projected = example.projected  # (1, T, H)
+        self._fill = example.mean_tokens  # (H,)
+        self._masks = example.masks  # (1, T) bool
         # token -> player column (n_players = the always-present column for non-players)
         self._token_player = {}
         for n in self.modality_names:
@@ -222,25 +183,51 @@ class FeatureGame:
             for p in self._players_of[n]:
                 index[self.player_positions[p]] = p
             self._token_player[n] = index.to(device)
-
-        full_logits = self._logits(torch.ones(1, self.n_players, dtype=torch.bool, device=device))[0]
-        self.full_logits = full_logits.float().cpu()
-        num_labels = full_logits.shape[-1]
+        num_labels = model.config.num_labels
         self.target = (
-            select_target(full_logits, self.problem_type) if target is None else check_target(target, num_labels)
+            select_target(self._reference("full")[0], self.problem_type)
+            if target is None
+            else check_target(target, num_labels)
         )
-        self.value_full = float(target_values(full_logits[None], self.target, output, self.problem_type)[0])
-        empty_logits = self._logits(torch.zeros(1, self.n_players, dtype=torch.bool, device=device))
-        self.value_empty = float(target_values(empty_logits, self.target, output, self.problem_type)[0])
         logger.debug(
-            "FeatureGame: %d players (%s), head %s, target %s, v(N) = %.4f, v(empty) = %.4f",
+            "FeatureGame: %d players (%s), head %s, target %s",
             self.n_players,
             {n: len(self._players_of[n]) for n in self.modality_names},
             self.head,
             self.target,
-            self.value_full,
-            self.value_empty,
         )
+
+    # ------------------------------------------------------------- reference values
+    def _reference(self, end: str) -> torch.Tensor:
+        """Logits `(1, C)` of the full (`end="full"`) or empty coalition, shared by the example's games of this
+        head, fill and autocast (the players' tokens are the example's whatever the grouping)."""
+        present = end == "full"
+        key = (self.head, self.fill, self.autocast_dtype, end)
+        return self.example.reference_logits(
+            key,
+            lambda: self._logits(torch.full((1, self.n_players), present, dtype=torch.bool, device=self.model.device)),
+        )
+
+    @property
+    def full_logits(self) -> torch.Tensor:
+        """The head's logits `(C,)` (float32, CPU) on the full input."""
+        return self._reference("full")[0].float().cpu()
+
+    @property
+    def value_full(self) -> float:
+        """`v(N)`: the value of the full input (not counted in `evaluations`)."""
+        return float(target_values(self._reference("full"), self.target, self.output, self.problem_type)[0])
+
+    @property
+    def value_empty(self) -> float:
+        """`v(empty)`: the value with every player absent (not counted in `evaluations`)."""
+        return float(target_values(self._reference("empty"), self.target, self.output, self.problem_type)[0])
+
+    @property
+    def value_key(self) -> tuple:
+        """What defines this game's values: games with equal keys on one example give equal values."""
+        return (self.head, tuple(self.target), self.output, self.fill, self.chunk_size, self.autocast_dtype,
+                tuple(tuple(p) for p in self.player_positions), tuple(self.players))
 
     # ------------------------------------------------------------------ players
     def _build_players(self, groups: Any) -> None:

@@ -1,7 +1,7 @@
 """Pair-level masking: does masking the top-ranked cross-modal pairs hurt more than random pairs?
 
 For one example: rank candidate pairs (player indices of the game) by a score (SII or RG), mask both
-tokens of the top B pairs (B in 1, 2, 4, 8) and measure the drop in the game's value (build the game with
+tokens of the top B pairs (B in 1, 2, 4, 8: `pair_counts`) and measure the drop in the game's value (build the game with
 ``output="probability"`` for the drop in target probability). The control masks B random pairs from the
 same pool, ``n_random`` times, with the same number of distinct tokens as the ranked selection (ranked
 pairs may share a token). Every variant goes through the game in one batch.
@@ -18,6 +18,7 @@ At dataset level, `paired_test` compares per-example ranked drops with the mean 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,14 +31,18 @@ from .game import FeatureGame
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_BUDGETS", "PairMaskingResult", "PairMaskingStep", "pair_masking", "paired_test"]
+__all__ = ["DEFAULT_PAIR_COUNTS", "PairMaskingResult", "PairMaskingStep", "pair_masking", "paired_test"]
 
-DEFAULT_BUDGETS: tuple[int, ...] = (1, 2, 4, 8)
+#: the numbers of pairs B masked at once
+DEFAULT_PAIR_COUNTS: tuple[int, ...] = (1, 2, 4, 8)
+DEFAULT_BUDGETS = DEFAULT_PAIR_COUNTS  # the earlier name
 
 
 @dataclass
 class PairMaskingStep:
-    """One budget B: the ranked pairs' drop and the random control's drops."""
+    """One number of pairs B: the ranked pairs' drop and the random control's drops.
+
+    `budget` is B, the number of pairs masked (the field keeps its name in saved explanations)."""
 
     budget: int
     pairs: list[list[int]]
@@ -52,7 +57,7 @@ class PairMaskingStep:
 
 @dataclass
 class PairMaskingResult:
-    """Pair masking of one example: `steps` per budget B (budgets larger than the pool are skipped)."""
+    """Pair masking of one example: `steps` per number of pairs B (those above the pool's size are skipped)."""
 
     head: str
     output: str
@@ -64,8 +69,15 @@ class PairMaskingResult:
     steps: list[PairMaskingStep] = field(default_factory=list)
 
     @property
-    def budgets(self) -> list[int]:
+    def pair_counts(self) -> list[int]:
+        """The numbers of pairs B masked, one per step."""
         return [s.budget for s in self.steps]
+
+    @property
+    def budgets(self) -> list[int]:
+        """Deprecated name of `pair_counts`."""
+        warnings.warn("PairMaskingResult.budgets is now pair_counts", DeprecationWarning, stacklevel=2)
+        return self.pair_counts
 
     @property
     def ranked_drops(self) -> list[float]:
@@ -126,11 +138,12 @@ def pair_masking(
     game: FeatureGame,
     pairs: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
     scores: torch.Tensor | np.ndarray | Sequence[float],
-    budgets: Sequence[int] = DEFAULT_BUDGETS,
+    pair_counts: Sequence[int] = DEFAULT_PAIR_COUNTS,
     n_random: int = 10,
     random_state: RandomState = None,
     score_name: str = "sii",
     max_tries: int = 200,
+    budgets: Sequence[int] | None = None,
 ) -> PairMaskingResult:
     """Drops of the game's value when masking the top-B pairs by `scores` vs B random pool pairs.
 
@@ -139,12 +152,16 @@ def pair_masking(
             `modality_of_player`, `value_full`, and optionally `head` / `output`).
         pairs: `(P, 2)` cross-modal candidate pairs of player indices (the pool).
         scores: `(P,)` ranking scores (higher = masked first), e.g. SII or RG.
-        budgets: the numbers of pairs B to mask; those above P are skipped.
-        n_random: random selections per budget (same B, same number of distinct tokens).
+        pair_counts: the numbers of pairs B to mask; those above P are skipped.
+        n_random: random selections per B (same B, same number of distinct tokens).
         random_state: seed / numpy Generator / torch.Generator for the random control.
         score_name: recorded in the result (``"sii"`` or ``"rg"``).
         max_tries: attempts per random selection before falling back (see the module doc).
+        budgets: deprecated name of `pair_counts`.
     """
+    if budgets is not None:
+        warnings.warn("pair_masking(budgets=...) is now pair_counts=...", DeprecationWarning, stacklevel=2)
+        pair_counts = budgets
     pool = (pairs.detach().cpu().numpy() if torch.is_tensor(pairs) else np.asarray(pairs)).astype(np.int64).reshape(-1, 2)
     score = (scores.detach().cpu().numpy() if torch.is_tensor(scores) else np.asarray(scores)).astype(float).reshape(-1)
     n = int(game.n_players)
@@ -174,11 +191,11 @@ def pair_masking(
 
     rows = [np.ones(n, dtype=bool)]
     plan = []
-    for b in sorted({int(b) for b in budgets}):
+    for b in sorted({int(b) for b in pair_counts}):
         if b < 1:
-            raise ValueError(f"budgets must be positive, got {b}")
+            raise ValueError(f"pair_counts must be positive, got {b}")
         if b > len(pool):
-            logger.info("pair_masking: budget %d skipped (only %d candidate pairs)", b, len(pool))
+            logger.info("pair_masking: B = %d pairs skipped (only %d candidate pairs)", b, len(pool))
             continue
         ranked = pool[order[:b]]
         selections, unmatched = [ranked], 0
@@ -234,7 +251,7 @@ def paired_test(
     method: str = "wilcoxon",
     alternative: str = "greater",
 ) -> dict[str, Any]:
-    """Dataset-level paired test of ranked vs random drops over examples (one budget).
+    """Dataset-level paired test of ranked vs random drops over examples (one number of pairs B).
 
     `ranked_drops`: `(n_examples,)`; `random_drops`: `(n_examples,)` per-example means, or
     `(n_examples, n_random)` (averaged per example). `method`: ``"wilcoxon"`` (scipy's Wilcoxon

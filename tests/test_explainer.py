@@ -1,0 +1,150 @@
+"""Explainer: one prepared example feeds every game; the explanation is pinned and round-trips as JSON."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from modeling_fli2moe import FLI2MoEModel
+from modeling_fli2moe.explain import Explainer, Explanation, ExplainedExample, FeatureGame
+from modeling_fli2moe.explain.faithfulness import FaithfulnessResult
+from modeling_fli2moe.explain.pair_masking import PairMaskingResult
+from modeling_fli2moe.testing.models import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PINNED = Path(__file__).parent / "data" / "explanation_tiny.json"
+
+
+def tiny_model() -> FLI2MoEModel:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = FLI2MoEModel(tiny_config()).eval()
+        model.set_modality_means({m["name"]: torch.randn(m["input_dim"]) for m in model.config.modalities})
+    return model
+
+
+def tiny_inputs() -> dict:
+    """One example: 7 text tokens ([CLS], three words of 2 + 1 + 2 pieces, padding) and 9 image patches."""
+    g = torch.Generator().manual_seed(1)
+    return {
+        "features": {"text": torch.randn(1, 7, 12, generator=g), "image": torch.randn(1, 9, 20, generator=g)},
+        "attention_mask": {"text": torch.tensor([[1, 1, 1, 1, 1, 1, 0]]), "image": torch.ones(1, 9, dtype=torch.long)},
+        "player_mask": {"text": torch.tensor([0, 1, 1, 1, 1, 1, 0])},
+        "tokens": {"text": ["[CLS]", "fl", "##ower", "red", "ro", "##se", "[PAD]"]},
+        "groups": {"text": [[1, 2], [3], [4, 5]]},
+    }
+
+
+def tiny_explanation(**options) -> Explanation:
+    """The tiny model's explanation at the Explainer's defaults (fp32, so that it is the same on every CPU)."""
+    return Explainer(tiny_model(), autocast_dtype=None).explain(**tiny_inputs(), random_state=0, **options)
+
+
+def assert_same(got, want, where="explanation"):
+    """Equal structure, keys, strings and ints; floats equal up to float32 round-off across CPUs."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and list(got) == list(want), where
+        for key in want:
+            assert_same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want)):
+            assert_same(a, b, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert isinstance(got, (int, float)) and math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-6), (where, got, want)
+    else:
+        assert got == want and type(got) is type(want), (where, got, want)
+
+
+def test_explanation_is_the_pinned_one():
+    """The explanation (maps, pairs, SII/RG, faithfulness, pair masking, costs) equals the one pinned from the
+    pipeline that built every game from the raw features (one game per head and question)."""
+    got = json.loads(tiny_explanation().to_json())
+    want = json.loads(PINNED.read_text())
+    got.pop("seconds"), want.pop("seconds")
+    assert_same(got, want)
+
+
+def test_typed_results_and_json_round_trip(tmp_path):
+    exp = tiny_explanation()
+    assert set(exp.faithfulness) == {"mixture", *exp.expert_names}
+    assert all(isinstance(r, FaithfulnessResult) for r in exp.faithfulness.values())
+    assert set(exp.pair_masking) == {"sii", "redundancy_gap"}
+    assert all(isinstance(r, PairMaskingResult) for r in exp.pair_masking.values())
+    assert exp.pair_masking["sii"].pair_counts == [1, 2, 4, 8]
+    # faithfulness ranks the five text tokens ([CLS] and [PAD] are no players), the pairs the three words
+    assert exp.faithfulness["mixture"].per_modality["text"].n_players == 5 and len(exp.candidate_players["text"]) == 3
+    back = Explanation.from_json(exp.to_json(tmp_path / "exp.json"))
+    assert back == exp and back.to_json() == exp.to_json()
+    assert isinstance(back.pair_masking["redundancy_gap"], PairMaskingResult)
+    assert back.pair_masking["sii"].steps[0] == exp.pair_masking["sii"].steps[0]
+
+
+def test_one_example_serves_every_game(monkeypatch):
+    """One projection, one full forward, and two reference forwards (full and empty coalition) per head."""
+    calls = {"project": 0, "forward": 0, "batch_of_one": 0}
+    project, forward, logits = FLI2MoEModel.project, FLI2MoEModel.forward, FLI2MoEModel.head_logits_from_projected
+
+    def counting(name, fn):
+        def wrapped(self, *args, **kwargs):
+            calls[name] += 1
+            return fn(self, *args, **kwargs)
+        return wrapped
+
+    def counting_logits(self, projected, masks, head="mixture"):
+        calls["batch_of_one"] += next(iter(projected.values())).shape[0] == 1
+        return logits(self, projected, masks, head)
+
+    monkeypatch.setattr(FLI2MoEModel, "project", counting("project", project))
+    monkeypatch.setattr(FLI2MoEModel, "forward", counting("forward", forward))
+    monkeypatch.setattr(FLI2MoEModel, "head_logits_from_projected", counting_logits)
+    exp = tiny_explanation()
+    heads = len(exp.maps)  # the mixture and every expert
+    assert calls["forward"] == 1  # the prediction, routing and the maps' targets
+    assert calls["project"] == 2  # the example once, and inside that forward
+    assert calls["batch_of_one"] == 2 * heads
+
+
+def test_prepared_example_and_its_games():
+    model = tiny_model()
+    inputs = tiny_inputs()
+    explainer = Explainer(model, autocast_dtype=None)
+    example = explainer.prepare(**inputs)
+    assert isinstance(example, ExplainedExample)
+    assert example.tokens["text"][1] == "fl" and example.tokens["image"][4] == "image 1,1"  # 9 patches: a 3 x 3 grid
+    assert example.player_mask["text"].tolist() == [False, True, True, True, True, True, False]
+    # passing the prepared example gives the same explanation as passing the inputs
+    a = explainer.explain(example, random_state=0)
+    b = explainer.explain(**inputs, random_state=0)
+    a.seconds = b.seconds = 0.0
+    assert a == b
+    with pytest.raises(ValueError, match="carries its own"):
+        explainer.explain(example, tokens=inputs["tokens"])
+    # a game made from the example equals the game made from the raw features, and shares its references
+    own = FeatureGame(model, inputs["features"], inputs["attention_mask"], inputs["player_mask"], head="synergy",
+                      groups=inputs["groups"], output="probability")
+    shared = example.game_for("synergy", output="probability")
+    assert shared.example is example and shared.players == own.players and shared.target == own.target
+    assert shared.value_full == pytest.approx(own.value_full, abs=1e-7)
+    assert shared.value_empty == pytest.approx(own.value_empty, abs=1e-7)
+    coalitions = torch.rand(6, own.n_players, generator=torch.Generator().manual_seed(0)) > 0.5
+    torch.testing.assert_close(shared(coalitions), own(coalitions), rtol=0, atol=0)
+    logit_game = example.game_for("synergy", output="logit", target=shared.target)
+    assert logit_game.full_logits.tolist() == shared.full_logits.tolist()  # one reference forward for both
+
+
+def test_faithfulness_for_maps_refuses_maps_of_other_players():
+    from modeling_fli2moe.explain import attribute, faithfulness_for_maps
+
+    model = tiny_model()
+    inputs = tiny_inputs()
+    example = ExplainedExample(model, inputs["features"], inputs["attention_mask"], inputs["player_mask"])
+    maps = attribute(model, inputs["features"], inputs["attention_mask"], method="gradient_x_input", heads=["mixture"])
+    with pytest.raises(ValueError, match="other players"):
+        faithfulness_for_maps(model, example, maps)
+    same = attribute(model, example, method="gradient_x_input", heads=["mixture"])
+    results = faithfulness_for_maps(model, example, same, n_random=2, random_state=0)
+    assert set(results) == {"mixture"} and results["mixture"].per_modality["text"].n_players == 5
