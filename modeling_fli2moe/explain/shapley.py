@@ -329,22 +329,15 @@ class PairInteractionApproximator:
 
 
 def shapley_interactions(
-    value_fn: ValueFn,
-    n_players: int,
-    pairs: Any,
-    budget: int,
-    random_state: RandomState = None,
-    batch_size: int = 1024,
-    *,
-    antithetic: bool = True,
-    border: bool = True,
+    value_fn: ValueFn, n_players: int, pairs: Any, budget: int, random_state: RandomState = None,
+    batch_size: int = 1024, **options: bool,
 ) -> InteractionResult:
-    """Unbiased Monte Carlo SII and redundancy gap of `pairs`, sharing evaluations across pairs.
+    """Unbiased Monte Carlo SII and redundancy gap of `pairs`, sharing evaluations across pairs: the
+    function form of `PairInteractionApproximator(budget, ...).approximate(value_fn, n_players, pairs)`.
 
-    See the module docstring for the sampling scheme; `PairInteractionApproximator` for the options."""
-    approximator = PairInteractionApproximator(
-        budget, random_state=random_state, batch_size=batch_size, antithetic=antithetic, border=border
-    )
+    See the module docstring for the sampling scheme; `options` (keyword only: `antithetic`, `border`) and
+    the rest as for `PairInteractionApproximator`."""
+    approximator = PairInteractionApproximator(budget, random_state=random_state, batch_size=batch_size, **options)
     return approximator.approximate(value_fn, n_players, pairs)
 
 
