@@ -7,6 +7,9 @@ already-projected 256-d inputs, text lengths uniform in T/2..T, images unpadded.
   paper shape (320 + 196);
 - inference, one batch of 32 in eval mode, both shapes;
 - whole-mixture forward at B = 256 in eval mode (= coalitions/s of a feature-level probe), small shape;
+- the same 256 coalitions as coalitions of ONE example through `FLI2MoEModel.coalition_logits` (which
+  computes the first block's per-token work once for the example's tokens and the fill), against the
+  reference's batched forward at B = 256 (it has no faster path for coalitions);
 - the explanation game (`FeatureGame`, one example, 256 coalitions) against our raw batched forward;
 - peak resident memory of training at the paper shape, one subprocess per side.
 
@@ -14,8 +17,10 @@ The small-shape rows run every side in one process with iterations alternating, 
 slows every side alike and the ratios stay fair; the paper-shape training rows run one subprocess per
 side, back to back (for their own peak memory). Our model runs in fp32 and in the precision
 `bf16_supported()` picks for this machine (bf16 where the CPU has avx512_bf16 or AMX, or on CUDA).
-Also printed: the achieved GFLOP/s against the measured matmul peak in both precisions, and a 200-step
-loss curve bf16 against fp32 (the gate for training in bf16).
+Also printed: the achieved GFLOP/s against the measured matmul peak in both precisions, every row's
+spread (fastest and slowest of the timed calls), the load average while each row ran (other work on the
+machine slows all sides, not their ratios, but widens the spread), and a 200-step loss curve bf16
+against fp32 (the gate for training in bf16).
 
 The reference is imported at run time from a checkout you make (never copied here):
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -195,12 +201,25 @@ class Reference(Side):
 
 
 class Ours(Side):
-    def __init__(self, shape: str, precision: str, device: str, seed: int = 0) -> None:
+    def __init__(self, shape: str, precision: str, device: str, seed: int = 0, compile_eval: bool = False) -> None:
         super().__init__(f"ours {precision}", precision, device)
         torch.manual_seed(seed)
         self.model = our_model(shape).to(device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         self.data = {}
+        # with --compile: the experts' forward through torch.compile (inductor) in the eval rows only
+        self.compiled = torch.compile(self.model.experts.forward, dynamic=False) if compile_eval else None
+
+    @contextlib.contextmanager
+    def eval_kernels(self):
+        if self.compiled is None:
+            yield
+            return
+        self.model.experts.forward = self.compiled
+        try:
+            yield
+        finally:
+            del self.model.experts.forward
 
     def _inputs(self, shape: str, batch: int):
         key = (shape, batch)
@@ -221,7 +240,7 @@ class Ours(Side):
     def forward(self, shape: str, batch: int) -> None:
         feats, masks, _ = self._inputs(shape, batch)
         self.model.eval()
-        with torch.inference_mode(), self.autocast():
+        with torch.inference_mode(), self.autocast(), self.eval_kernels():
             self.model(feats, masks)
 
     def game(self, shape: str, coalitions: int) -> Callable[[], None]:
@@ -236,6 +255,23 @@ class Ours(Side):
         batch = torch.rand(coalitions, game.n_players, generator=g) < 0.5
         return lambda: game(batch)
 
+    def coalitions(self, shape: str, coalitions: int) -> Callable[[], None]:
+        """`coalitions` random coalitions of one whole example (absent tokens take the projected
+        dataset-mean token) through `coalition_logits`, whole mixture."""
+        feats, _, _ = self._inputs(shape, 1)
+        model = self.model.eval()
+        with torch.inference_mode():
+            projected = model.project(feats)
+            fill = model.projected_modality_means()
+        g = torch.Generator().manual_seed(0)
+        present = {n: (torch.rand(coalitions, p.shape[1], generator=g) < 0.5).to(self.device) for n, p in projected.items()}
+
+        def run() -> None:
+            with torch.inference_mode(), self.autocast(), self.eval_kernels():
+                model.coalition_logits(projected, fill, present)
+
+        return run
+
 
 # ---------------------------------------------------------------------------------------------- timing
 def sync(device: str) -> None:
@@ -247,7 +283,22 @@ CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = time.perf_counter
 
 
-def alternate(fns: dict[str, Callable[[], object]], repeats: int, device: str, warmup: int = 1) -> dict[str, float]:
+class Timings(dict):
+    """Median seconds per call by side, with `spread {side: (fastest, slowest)}` and `load` (the 1-minute
+    load average when the calls ended)."""
+
+    spread: dict[str, tuple[float, float]]
+    load: float | None = None
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def alternate(fns: dict[str, Callable[[], object]], repeats: int, device: str, warmup: int = 1) -> Timings:
     """Median seconds per call of every function, calls interleaved (a, b, c, a, b, c, ...)."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -260,7 +311,10 @@ def alternate(fns: dict[str, Callable[[], object]], repeats: int, device: str, w
             fn()
             sync(device)
             times[k].append(clock() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    out = Timings({k: statistics.median(v) for k, v in times.items()})
+    out.spread = {k: (min(v), max(v)) for k, v in times.items()}
+    out.load = load_average()
+    return out
 
 
 def matmul_peak(device: str, n: int | None = None) -> dict[str, float]:
@@ -314,7 +368,8 @@ def child_train(side: str, shape: str, steps: int, device: str, reference: str |
         sync(device)
         times.append(clock() - t0)
     peak = torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else peak_rss_gb()
-    return {"step_s": statistics.median(times), "peak_gb": peak}
+    return {"step_s": statistics.median(times), "peak_gb": peak, "spread": (min(times), max(times)),
+            "load": load_average()}
 
 
 def run_child(side: str, shape: str, args) -> dict | str:
@@ -391,6 +446,9 @@ def main() -> None:
     parser.add_argument("--clock", default="wall", choices=tuple(CLOCK),
                         help="wall time, or this process's CPU time (steadier on a shared machine; CPU only)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--compile", action="store_true",
+                        help="our eval rows (inference, coalitions) with the experts under torch.compile (needs a C++ "
+                             "compiler; the first call of each shape compiles, in the warm-up)")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device == "cpu":
@@ -414,7 +472,8 @@ def main() -> None:
         where = (f"CPU, {torch.get_num_threads()} threads, avx512_bf16: {'avx512_bf16' in flags}, "
                  f"AMX: {'amx_bf16' in flags}")
     print(f"device: {args.device} ({where}); torch {torch.__version__}; our precision here: {chosen}; "
-          f"clock: {args.clock}")
+          f"clock: {args.clock}; repeats: {args.repeats}; torch.compile (eval rows): {args.compile}; "
+          f"load average at start: {os.getloadavg()}")
     peak = matmul_peak(args.device)
     print(f"measured matmul peak: {peak['fp32']:.0f} GFLOP/s fp32, {peak['bf16']:.0f} GFLOP/s bf16")
     build = None
@@ -428,21 +487,34 @@ def main() -> None:
     rows: list[dict] = []  # {phase, shape, times {side: s}, flops, target, kind}
 
     def add(phase, shape, times, flops, target, kind="time", per=None):
-        rows.append({"phase": phase, "shape": shape, "times": times, "flops": flops, "target": target,
-                     "kind": kind, "per": per})
+        rows.append({"phase": phase, "shape": shape, "times": dict(times), "flops": flops, "target": target,
+                     "kind": kind, "per": per, "spread": dict(getattr(times, "spread", {})),
+                     "load": getattr(times, "load", None)})
 
     # ---- in-process rows, sides alternating
     for shape in [s for s in ("small", "paper") if s not in skip]:
-        sides = ([Reference(build, shape, args.device)] if build else []) + [Ours(shape, p, args.device) for p in precisions]
+        sides = ([Reference(build, shape, args.device)] if build else []) + [Ours(shape, p, args.device, compile_eval=args.compile) for p in precisions]
         if shape == "small":
             t = alternate({s.name: (lambda s=s: s.train_step(shape)) for s in sides}, args.repeats, args.device)
             add("training step", shape, t, 3 * forward_flops(shape, 4 * 3 * BATCH), 4.0)
         t = alternate({s.name: (lambda s=s: s.forward(shape, BATCH)) for s in sides}, args.repeats, args.device)
         add("inference, batch of 32", shape, t, forward_flops(shape, 4 * BATCH), 3.0)
         if shape == "small":
-            t = alternate({s.name: (lambda s=s: s.forward(shape, COALITIONS)) for s in sides}, args.repeats, args.device)
-            add(f"whole mixture, B = {COALITIONS}", shape, t, forward_flops(shape, 4 * COALITIONS), 3.5,
+            fns = {s.name: (lambda s=s: s.forward(shape, COALITIONS)) for s in sides}
+            fns.update({f"{s.name} one example": s.coalitions(shape, COALITIONS) for s in sides if isinstance(s, Ours)})
+            t = alternate(fns, args.repeats, args.device)
+            raw, one = Timings(), Timings()
+            for name in t:
+                (one if name.endswith(" one example") else raw)[name.removesuffix(" one example")] = t[name]
+            if "reference" in t:
+                one["reference"] = t["reference"]
+            for part in (raw, one):
+                part.spread = {k: t.spread[k + (" one example" if part is one and k != "reference" else "")] for k in part}
+                part.load = t.load
+            add(f"whole mixture, B = {COALITIONS}", shape, raw, forward_flops(shape, 4 * COALITIONS), 3.5,
                 kind="rate", per=COALITIONS)
+            add(f"{COALITIONS} coalitions of one example (coalition_logits)", shape, one,
+                forward_flops(shape, 4 * COALITIONS), 3.5, kind="rate", per=COALITIONS)
             if "game" not in skip and "small" not in skip:
                 ours = [s for s in sides if isinstance(s, Ours)]
                 fns = {}
@@ -457,7 +529,8 @@ def main() -> None:
         del sides
     # ---- paper-shape training: one process per side (its own peak memory), back to back
     if "paper" not in skip:
-        times, mems = {}, {}
+        times, mems = Timings(), Timings()
+        times.spread, mems.spread = {}, {}
         for name in side_names:
             if name == "reference" and args.device == "cpu" and mem_available_gb() < REFERENCE_PAPER_GB + 1:
                 times[name] = mems[name] = None
@@ -470,6 +543,7 @@ def main() -> None:
                 times[name] = mems[name] = None
                 continue
             times[name], mems[name] = r["step_s"], r["peak_gb"]
+            times.spread[name], times.load = tuple(r["spread"]), r["load"]
         add("training step", "paper", times, 3 * forward_flops("paper", 4 * 3 * BATCH), 4.0)
         add("peak memory, training", "paper", mems, None, 4.0, kind="memory")
 
@@ -481,8 +555,8 @@ def main() -> None:
         return a / b if row["kind"] != "memory" else a / b
 
     print(f"\n| phase | shape | {' | '.join(side_names)} | "
-          + " | ".join(f"{n.split()[-1]} / ref" for n in side_names if n != "reference") + " | target | met |")
-    print("|---" * (4 + len(side_names) + len([n for n in side_names if n != "reference"])) + "|")
+          + " | ".join(f"{n.split()[-1]} / ref" for n in side_names if n != "reference") + " | target | met | load |")
+    print("|---" * (5 + len(side_names) + len([n for n in side_names if n != "reference"])) + "|")
     verdicts = []
     for row in rows:
         if row["kind"] == "game":
@@ -517,7 +591,16 @@ def main() -> None:
         verdicts.append(met)
         print(f"| {row['phase']} | {row['shape']} | {' | '.join(cells)} | "
               + " | ".join(ratios[: len(side_names) - (1 if build else 0)]) + f" | {target} | "
-              + {True: "yes", False: "**no**", None: "-"}[met] + " |")
+              + {True: "yes", False: "**short**", None: "-"}[met]
+              + f" | {'-' if row.get('load') is None else format(row['load'], '.1f')} |")
+
+    print(f"\nspread of the timed calls (fastest - slowest of {args.repeats} per side; paper training: "
+          f"{args.paper_steps} steps per side):")
+    for row in rows:
+        if row["kind"] in ("memory", "game") or not row.get("spread"):
+            continue
+        cells = [f"{n} {fmt_time(a)} - {fmt_time(b)}" for n, (a, b) in row["spread"].items()]
+        print(f"  {row['phase']}, {row['shape']}: " + "; ".join(cells))
 
     game_rows = [r for r in rows if r["kind"] == "game"]
     if game_rows:
@@ -543,7 +626,8 @@ def main() -> None:
             p = "bf16" if n.endswith("bf16") else "fp32"
             g = row["flops"] / v / 1e9
             parts.append(f"{n} {g:.0f} ({100 * g / peak[p]:.0f}% of {p})")
-        print(f"  {row['phase']}, {row['shape']}: " + ", ".join(parts))
+        note = " (FLOPs of the full forward: the per-token work it shares is not counted out)" if "one example" in row["phase"] else ""
+        print(f"  {row['phase']}, {row['shape']}: " + ", ".join(parts) + note)
 
     curves = None
     if "curve" not in skip and chosen == "bf16":
@@ -564,7 +648,8 @@ def main() -> None:
         print("\nloss curve skipped: this machine trains in fp32")
 
     met = [v for v in verdicts if v is not None]
-    print(f"\n{sum(met)} of {len(met)} checked targets met" + ("" if build else " (no reference: ratios not measured)"))
+    print(f"\n{sum(met)} of {len(met)} checked targets met" + ("" if build else " (no reference: ratios not measured)")
+          + f"; load average at the end: {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps({"peak_gflops": peak, "chosen": chosen, "rows": rows, "curves": curves}, indent=1))
 

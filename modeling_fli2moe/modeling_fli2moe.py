@@ -162,12 +162,18 @@ def stacked_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sh
 
 
 def keep_mask(like: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """Bool mask shaped like `like`, true with probability 1 - p (p resolved to 1/65536): 16 random bits per
-    element, drawn 64 bits at a time (several times cheaper than one draw per element)."""
+    """Bool mask shaped like `like`, true with probability 1 - p: 8 random bits per element where p is a
+    multiple of 1/256 (e.g. 0.5, 0.25: exact), else 16 (p resolved to 1/65536), drawn 64 bits at a time
+    (several times cheaper than one draw per element)."""
     n = like.numel()
+    bits = 8 if float(p * 256).is_integer() else 16
+    per_draw = 64 // bits
     generator = torch.Generator(like.device).manual_seed(seed)
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=like.device).random_(-(2**63), 2**63 - 1, generator=generator)
-    return bits.view(torch.int16)[:n].view(like.shape) >= round(p * 65536) - 32768
+    draws = torch.empty((n + per_draw - 1) // per_draw, dtype=torch.int64, device=like.device)
+    draws.random_(-(2**63), 2**63 - 1, generator=generator)
+    levels = 1 << bits
+    small = draws.view(torch.int8 if bits == 8 else torch.int16)[:n].view(like.shape)
+    return small >= round(p * levels) - levels // 2
 
 
 class DropoutAdd(torch.autograd.Function):
@@ -334,17 +340,17 @@ class ExpertBlock(nn.Module):
         segments: Sequence[tuple[int, int]],
         experts: torch.Tensor | None,
         attention_interface: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+        qkv: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`x (E, B, T, H)`, or `(B, T, H)` when every expert gets the same input; boolean `attention_mask
-        (B, 1, 1, T)` (true = attend); `attention_interface` one of `ATTENTION_FUNCTIONS`. Returns the new
-        `x (E, B, T, H)` and the attention probabilities `(E, B, heads, T, T)` if the interface returns them
-        (`eager`), else None."""
-        shared = x.dim() == 3
+        (B, 1, 1, T)` (true = attend); `attention_interface` one of `ATTENTION_FUNCTIONS`; `qkv (E, B*T, 3H)`:
+        `project_qkv(x)` when the caller has it already. Returns the new `x (E, B, T, H)` and the attention
+        probabilities `(E, B, heads, T, T)` if the interface returns them (`eager`), else None."""
         b, t, h = x.shape[-3:]
         p = self.dropout.p if self.training else 0.0
-        weight, bias = fold_norm(self.attn_norm, self.qkv, experts, x.dtype)
-        e = weight.shape[0]
-        qkv = stacked_matmul(F.layer_norm(x, (h,), eps=self.attn_norm.eps), weight, bias, shared)
+        if qkv is None:
+            qkv = self.project_qkv(x, experts)
+        e = qkv.shape[0]
         # strided views, no copies: (E, B, heads, T, d)
         query, key, value = qkv.view(e, b, t, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
         ctx, probs = attention_interface(self, query, key, value, attention_mask, scaling=self.head_dim**-0.5)
@@ -361,6 +367,13 @@ class ExpertBlock(nn.Module):
             hidden = stacked_matmul(part, w_in, b_in)
             ffn.append(GeluLinear.apply(hidden, w_out, b_out).view(e, b, part.shape[2], h))
         return dropout_add(x, torch.cat(ffn, dim=2), p, self.training), probs
+
+    def project_qkv(self, x: torch.Tensor, experts: torch.Tensor | None) -> torch.Tensor:
+        """Queries, keys and values `(E, N, 3H)` of the LayerNorm of `x (E, ..., H)` (or of `x (..., H)`
+        shared by every expert), N the number of tokens per expert."""
+        weight, bias = fold_norm(self.attn_norm, self.qkv, experts, x.dtype)
+        normed = F.layer_norm(x, x.shape[-1:], eps=self.attn_norm.eps)
+        return stacked_matmul(normed, weight, bias, shared=x.dim() == 3)
 
     @staticmethod
     def _weights(linear: StackedLinear, experts: torch.Tensor | None, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -388,10 +401,12 @@ class StackedExperts(nn.Module):
         segments: Sequence[tuple[int, int]],
         experts: torch.Tensor | None = None,
         output_attentions: bool = False,
+        first_qkv: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """`hidden (B, T, H)` shared input, `token_mask (B, T)` bool. Returns expert logits `(E, B, C)`,
         latents `(E, B, M*H)` and, with `output_attentions`, each layer's attention probabilities. The
-        attention kernel is `config._attn_implementation`'s."""
+        attention kernel is `config._attn_implementation`'s. `first_qkv (E, B*T, 3H)`: the first block's
+        `project_qkv(hidden)` when the caller has it (in the compute dtype)."""
         attention_interface = ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         e = self.num_experts if experts is None else int(experts.numel())
         # a row with no valid token at all attends to everything (its outputs are pooled to zero anyway),
@@ -403,8 +418,8 @@ class StackedExperts(nn.Module):
         with torch.autocast(hidden.device.type, enabled=False):
             x = hidden.to(dtype)  # the first block reads the same input for every expert: not expanded
             maps = []
-            for layer in self.layers:
-                x, probs = layer(x, attention_mask, segments, experts, attention_interface)
+            for i, layer in enumerate(self.layers):
+                x, probs = layer(x, attention_mask, segments, experts, attention_interface, first_qkv if i == 0 else None)
                 maps.append(probs)
             if x.dim() == 3:
                 x = x.expand(e, *x.shape)
@@ -926,6 +941,63 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
             return torch.einsum("be,ebc->bc", weights.to(logits.dtype), logits)
         logits, _, _ = self.experts(hidden, token_mask, segments, experts=self.resolve_experts(head))
         return logits[0]
+
+    def coalition_logits(
+        self,
+        projected: Mapping[str, torch.Tensor],
+        fill: Mapping[str, torch.Tensor],
+        present: Mapping[str, torch.Tensor],
+        masks: Mapping[str, torch.Tensor] | None = None,
+        head: int | str = "mixture",
+    ) -> torch.Tensor:
+        """Logits `(k, C)` of one head on k coalitions of ONE example's tokens: the same values as
+        `head_logits_from_projected({n: torch.where(present[n][..., None], projected[n], fill[n])}, masks,
+        head)`, computed faster.
+
+        `projected {name: (1, T, H)}`: the example's projected tokens; `fill {name: (H,)}`: what stands in for
+        an absent token (e.g. `projected_modality_means()`); `present {name: (k, T)}` bool, true = the token
+        is the example's; `masks {name: (1, T) or (k, T)}` bool (omitted = all valid). Every token has only
+        two possible inputs (its own or the fill, plus its position), so the router's pooled means and the
+        first block's LayerNorm and query/key/value projection are computed once for those 2 T inputs and
+        selected per coalition instead of once per coalition and token.
+        """
+        names = self.modality_names
+        k = present[names[0]].shape[0]
+        own = {n: projected[n].reshape(1, -1, projected[n].shape[-1]) for n in names}
+        fills = {n: fill[n].reshape(1, 1, -1).to(own[n].dtype).expand_as(own[n]) for n in names}
+        masks = {n: (torch.ones_like(present[n]) if masks is None else masks[n].bool()).expand(k, -1) for n in names}
+        present = {n: present[n].bool() for n in names}
+        head = self.resolve_head(head)
+        mixture = head == "mixture" or self.config.mixture == "dense"
+        experts = None if mixture else self.resolve_experts(head)
+        # the two candidate inputs of every token: (2, T, H), 0 = the example's, 1 = the fill
+        candidates, segments = self.embed({n: torch.cat([own[n], fills[n]]) for n in names})
+        select = torch.cat([present[n] for n in names], dim=1)  # (k, T): true = candidate 0
+        token_mask = torch.cat([masks[n] for n in names], dim=1)
+        dtype = compute_dtype(candidates)
+        with torch.autocast(candidates.device.type, enabled=False):
+            candidates = candidates.to(dtype)
+            qkv = self.experts.layers[0].project_qkv(candidates, experts)  # (E, 2 T, 3H)
+            t = select.shape[1]
+            # row of every (coalition, token) among the 2 T candidates: whole rows copied, no arithmetic
+            rows = (torch.arange(t, device=select.device) + t * (~select)).flatten()
+            first_qkv = qkv.index_select(1, rows)  # (E, k T, 3H)
+            hidden = candidates.flatten(0, 1).index_select(0, rows).view(k, t, -1)  # (k, T, H)
+        logits, _, _ = self.experts(hidden, token_mask, segments, experts=experts, first_qkv=first_qkv)
+        if not mixture:
+            return logits[0]
+        if self.router is None:
+            return logits[0]
+        # masked means of the coalitions' projected tokens: the own tokens' share plus the fill's
+        pooled = []
+        for n in names:
+            valid = masks[n].to(own[n].dtype)
+            own_share = (present[n].to(own[n].dtype) * valid)
+            with torch.autocast(valid.device.type, enabled=False):  # as exact as the masked mean
+                total = own_share @ own[n][0] + (valid.sum(-1, keepdim=True) - own_share.sum(-1, keepdim=True)) * fills[n][0, :1]
+            pooled.append(total / valid.sum(-1, keepdim=True).clamp_min(1.0))
+        weights = self.router(pooled)
+        return torch.einsum("be,ebc->bc", weights.to(logits.dtype), logits)
 
     def projected_modality_means(self) -> dict[str, torch.Tensor]:
         """The dataset-mean tokens after projection `{name: (H,)}`: the fill for absent players."""

@@ -111,6 +111,31 @@ class FLI2MoEModelTester:
         out.loss.backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
 
+    def create_and_check_coalition_logits(self, config, features, masks, labels) -> None:
+        """`coalition_logits` on coalitions of one example equals `head_logits_from_projected` on the
+        coalitions built token by token, for every head, in fp32 and under bf16 autocast."""
+        model = FLI2MoEModel(config).eval()
+        g = torch.Generator().manual_seed(self.seed + 1)
+        model.set_modality_means({n: torch.randn(d, generator=g) for n, d in zip(self.names, self.dims)})
+        one = {n: features[n][:1] for n in self.names}
+        mask = {n: masks[n][:1].bool() for n in self.names}
+        k = 6
+        present = {n: torch.rand(k, t, generator=g) < 0.5 for n, t in zip(self.names, self.tokens)}
+        present["text"][0] = True  # the whole example and, below, an empty text modality
+        present["text"][1] = False
+        with torch.no_grad():
+            projected, fill = model.project(one), model.projected_modality_means()
+            built = {n: torch.where(present[n][..., None], projected[n], fill[n]) for n in self.names}
+            for head in ["mixture", *range(self.num_experts)]:
+                for dtype in (None, torch.bfloat16):
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                        expected = model.head_logits_from_projected(built, {n: mask[n].expand(k, -1) for n in self.names}, head)
+                        got = model.coalition_logits(projected, fill, present, mask, head)
+                    tol = dict(atol=1e-6, rtol=1e-5) if dtype is None else dict(atol=2e-2, rtol=2e-2)
+                    torch.testing.assert_close(got.float(), expected.float(), **tol)
+            full = model.coalition_logits(projected, fill, {n: torch.ones(1, t, dtype=torch.bool) for n, t in zip(self.names, self.tokens)}, mask)
+            torch.testing.assert_close(full, model.head_logits(one, mask), atol=1e-6, rtol=1e-5)
+
     def create_and_check_expert_heads(self, config, features, masks, labels) -> None:
         model = FLI2MoEModel(config).eval()
         with torch.no_grad():
@@ -139,6 +164,10 @@ def test_loss(tester):
 
 def test_expert_heads(tester):
     tester.create_and_check_expert_heads(*tester.prepare_config_and_inputs())
+
+
+def test_coalition_logits(tester):
+    tester.create_and_check_coalition_logits(*tester.prepare_config_and_inputs())
 
 
 # -------------------------------------------------------------------------------------- common
