@@ -96,6 +96,9 @@ class ExplainedExample:
 
     Attributes: `features` and `attention_mask` (the example as given, bool masks, on the model's device),
     `player_mask` (`{name: (T_m,)}` bool, CPU), `lengths`, `tokens`, `groups`, `truncated`, `modality_names`.
+
+    It keeps what it computed (the projection, the model's output, the reference logits, occlusion effects)
+    for the model as it was: prepare a new one after the model's weights change.
     """
 
     def __init__(
