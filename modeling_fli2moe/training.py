@@ -32,6 +32,7 @@ from .integrity import CheckpointError, verify_checkpoint, write_json_atomic
 from .locking import FileLock
 from .modeling_fli2moe import FLI2MoEModel
 from .precision import bf16_supported
+from .run_record import RUN_FILE, run_dataset_section  # noqa: F401  (run_dataset_section: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -308,21 +309,12 @@ class TrainingResult:
     train_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def run_dataset_section(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """The `dataset` section of the run that trained a checkpoint folder (recorded in its `run.json`), or {}."""
-    record = _read_json(Path(checkpoint) / RUN_FILE)
-    config = record.get("config") if isinstance(record, dict) else None
-    section = config.get("dataset") if isinstance(config, dict) else None
-    return dict(section) if isinstance(section, dict) else {}
-
-
 def selection_metric(run: RunConfig) -> str:
     ds = run.dataset
     return ds.get("selection_metric") or SELECTION_METRICS.get(ds.get("name", ""), "accuracy")
 
 
 # ------------------------------------------------------------------------------------- run folders
-RUN_FILE = "run.json"
 LOCK_FILE = ".fli2moe.lock"
 #: files and folders that mark a folder as holding (part of) a training run
 _RUN_MARKERS = (RUN_FILE, "model.safetensors", "trainer_state.json", "test_results.json")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..run_record import run_dataset_section
 from .faithfulness import concentration, specificity
 from .pair_masking import paired_test
 
@@ -42,7 +43,6 @@ def _cached_split(model, split: str, data_dir: str | None, cache_dir: str | None
     """The split's raw rows (for the drawn examples' images) and its feature-cached rows."""
     from ..data import get_loader
     from ..feature_cache import cache_features, default_cache_dir
-    from ..training import run_dataset_section
 
     ds_cfg = run_dataset_section(model.name_or_path)
     loader = ds_cfg.get("loader")
