@@ -32,7 +32,7 @@ from .integrity import CheckpointError, verify_checkpoint, write_json_atomic
 from .locking import FileLock
 from .modeling_fli2moe import FLI2MoEModel
 from .precision import bf16_supported
-from .run_record import RUN_FILE, run_dataset_section  # noqa: F401  (run_dataset_section: re-exported)
+from .run_record import RUN_FILE, read_run_record, run_dataset_section  # noqa: F401  (run_dataset_section: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -364,7 +364,7 @@ def prepare_output_dir(output_dir: str | os.PathLike, *, resume: bool | str = Fa
     contents = _run_contents(output_dir)
     if not contents or resume:
         return
-    record = _read_json(output_dir / RUN_FILE) or {}
+    record = read_run_record(output_dir)
     if contents == [RUN_FILE] and record.get("status") == "running":
         logger.info("%s: an earlier run stopped before its first checkpoint; starting again", output_dir)
         return
@@ -500,8 +500,8 @@ def _check_resume(resume: bool | str, output_dir: Path, config: RunConfig) -> st
     if problem is not None:
         raise ValueError(f"--resume: checkpoint {path} is incomplete ({problem}); resume from an earlier checkpoint")
     saved_run = json.loads((path / "config.json").read_text())  # the model only
-    records = [_read_json(folder / RUN_FILE) for folder in (path, path.parent)]
-    record = next((r["config"] for r in records if isinstance(r, dict) and isinstance(r.get("config"), dict)), None)
+    records = [read_run_record(folder) for folder in (path, path.parent)]
+    record = next((r["config"] for r in records if isinstance(r.get("config"), dict)), None)
     # the run's dataset and training sections, from its run.json; a checkpoint folder without one is
     # compared on the model alone
     saved_run.update({k: (record or config.to_dict()).get(k) or {} for k in ("dataset", "training")})
@@ -533,8 +533,7 @@ def write_run_record(output_dir: Path, config: RunConfig, *, status: str, resume
     import time
 
     path = output_dir / RUN_FILE
-    record = _read_json(path) if path.is_file() else None
-    record = record if isinstance(record, dict) else {}
+    record = read_run_record(output_dir)
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     record.setdefault("started", now)
     record.setdefault("history", [])
