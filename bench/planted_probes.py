@@ -41,21 +41,11 @@ sys.path.insert(0, str(ROOT))
 OCCLUSION_DROP = 0.1  # p(target) must fall by at least this much when the planted pair is masked
 
 
-def near(region: int, targets: list[int], grid: int = 7) -> bool:
-    r, c = divmod(region, grid)
-    return any(abs(r - tr) <= 1 and abs(c - tc) <= 1 for tr, tc in (divmod(t, grid) for t in targets))
-
-
 def planted_players(game, row) -> tuple[list[int], list[int]]:
     """Player indices holding the planted word's tokens and the planted region(s)."""
     text = [p for p in game.players_of("text").tolist() if set(game.player_positions[p]) & set(row["text_positions"])]
     image = [p for p in game.players_of("image").tolist() if set(game.player_positions[p]) & set(row["image_regions"])]
     return text, image
-
-
-def is_hit(pair, row) -> bool:
-    t_pos, region = (pair.position_a, pair.position_b) if pair.modality_a == "text" else (pair.position_b, pair.position_a)
-    return t_pos in row["text_positions"] and near(region, row["image_regions"])
 
 
 def same_pair(pair, game, result, k: int) -> bool:
@@ -83,6 +73,7 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
     from transformers import AutoModel
 
     import modeling_fli2moe  # noqa: F401
+    from modeling_fli2moe.data import is_planted_pair, region_near
     from modeling_fli2moe.explain import Explainer, concentration, paired_test
     from modeling_fli2moe.processing_fli2moe import FLI2MoEProcessor
 
@@ -133,7 +124,7 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
             text_p, image_p = planted_players(game, row)
             cand = exp.candidate_players
             recall["text"].append(any(p in row["text_positions"] for p in cand.get("text", [])))
-            recall["image"].append(any(near(p, row["image_regions"]) for p in cand.get("image", [])))
+            recall["image"].append(any(region_near(p, row["image_regions"]) for p in cand.get("image", [])))
             coalition = torch.ones(1, game.n_players, dtype=torch.bool)
             coalition[0, text_p + image_p] = False
             holds = bool(text_p and image_p) and game.value_full - float(game(coalition)[0]) >= OCCLUSION_DROP
@@ -146,11 +137,11 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
             both = all(alone)
             needs_both.setdefault(kind, []).append(both)
             top = exp.synergy_pairs[0] if kind == "synergy" else exp.redundancy_pairs[0]
-            hits[kind].append(is_hit(top, row))
+            hits[kind].append(is_planted_pair(top, row))
             if holds:
-                hits_used[kind].append(is_hit(top, row))
+                hits_used[kind].append(is_planted_pair(top, row))
             if both:
-                hits_both.setdefault(kind, []).append(is_hit(top, row))
+                hits_both.setdefault(kind, []).append(is_planted_pair(top, row))
             for key in drops:
                 masking = exp.pair_masking.get(key)
                 if masking is not None and masking.steps:

@@ -20,16 +20,6 @@ pytest.importorskip("efficientnet_lite_pytorch")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _near(region: int, targets: list[int], grid: int = 7) -> bool:
-    r, c = divmod(region, grid)
-    return any(abs(r - tr) <= 1 and abs(c - tc) <= 1 for tr, tc in (divmod(t, grid) for t in targets))
-
-
-def _hit(pair, row) -> bool:
-    t_pos, region = (pair.position_a, pair.position_b) if pair.modality_a == "text" else (pair.position_b, pair.position_a)
-    return t_pos in row["text_positions"] and _near(region, row["image_regions"])
-
-
 @pytest.fixture(scope="module")
 def planted_run(tmp_path_factory):
     from modeling_fli2moe.data import make_planted
@@ -59,6 +49,7 @@ def planted_run(tmp_path_factory):
 def test_explainer_finds_planted_pairs(planted_run):
     from transformers import AutoModel
 
+    from modeling_fli2moe.data import is_planted_pair
     from modeling_fli2moe.explain import Explainer
     from modeling_fli2moe.processing_fli2moe import FLI2MoEProcessor
 
@@ -76,5 +67,5 @@ def test_explainer_finds_planted_pairs(planted_run):
             assert exp.feature_locality == {"text": "local", "image": "local"}
             assert exp.players == "words" and exp.n_contexts >= 30
             top = exp.synergy_pairs[0] if kind == "synergy" else exp.redundancy_pairs[0]
-            hits[kind].append(_hit(top, row))
+            hits[kind].append(is_planted_pair(top, row))
     assert sum(hits["synergy"]) >= 8 and sum(hits["redundancy"]) >= 8, hits

@@ -213,3 +213,21 @@ def test_ambiguous_train_examples_miss_their_evidence(planted):
             need_word = r["kind"] in ("unique-text", "redundancy")
             need_object = r["kind"] in ("unique-image", "redundancy")
             assert bool(r["evidence_word"]) == need_word and bool(r["evidence_object"]) == need_object
+
+
+def test_is_planted_pair_accepts_the_word_and_a_region_within_one_cell():
+    from modeling_fli2moe.data import is_planted_pair, region_near
+    from modeling_fli2moe.explain import InteractionPair
+
+    row = {"text_positions": [4], "image_regions": [3 * 7 + 3]}  # cell (3, 3)
+
+    def pair(text_pos, region, text_first=True):
+        a, b = ("text", text_pos), ("image", region)
+        (ma, pa), (mb, pb) = (a, b) if text_first else (b, a)
+        return InteractionPair(ma, pa, "w", mb, pb, "r", sii=0.0, sii_se=0.0, redundancy_gap=0.0, redundancy_gap_se=0.0)
+
+    assert is_planted_pair(pair(4, 24), row) and is_planted_pair(pair(4, 24, text_first=False), row)
+    assert is_planted_pair(pair(4, 2 * 7 + 4), row)  # diagonal neighbour (2, 4)
+    assert not is_planted_pair(pair(4, 3 * 7 + 5), row)  # two cells away
+    assert not is_planted_pair(pair(5, 24), row)  # another word
+    assert region_near(0, [8]) and not region_near(6, [7])  # (0, 6) and (1, 0) do not touch: no wrap-around

@@ -26,10 +26,12 @@ from .planted import (
     PLANTED_KINDS,
     PLANTED_LABEL_NAMES,
     box_to_regions,
+    is_planted_pair,
     load_planted,
     make_planted,
     planted_config,
     planted_label,
+    region_near,
     save_planted,
 )
 
@@ -80,5 +82,7 @@ __all__ = [
     "planted_config",
     "planted_label",
     "box_to_regions",
+    "region_near",
+    "is_planted_pair",
     "check_image",
 ]

@@ -57,7 +57,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,8 @@ __all__ = [
     "load_planted",
     "planted_config",
     "box_to_regions",
+    "region_near",
+    "is_planted_pair",
     "planted_label",
     "text_positions_for",
 ]
@@ -188,6 +190,24 @@ def box_to_regions(
             if w * h > 0 and w * h >= min_coverage * cell * cell:
                 out.append(r * grid_size + c)
     return out
+
+
+def region_near(region: int, targets: Sequence[int], grid_size: int = PLANTED_GRID_SIZE) -> bool:
+    """Whether grid cell ``region`` is one of ``targets`` or touches one (8-neighbourhood): an explanation's
+    region counts as the planted one within one cell."""
+    r, c = divmod(int(region), grid_size)
+    return any(abs(r - tr) <= 1 and abs(c - tc) <= 1 for tr, tc in (divmod(int(t), grid_size) for t in targets))
+
+
+def is_planted_pair(pair: Any, row: Mapping[str, Any], grid_size: int = PLANTED_GRID_SIZE) -> bool:
+    """Whether a cross-modal (text, image) pair (an ``InteractionPair``: ``modality_a``, ``position_a``,
+    ``position_b``) is the example's planted pair: the evidence word's token and a region within one cell
+    of the evidence object."""
+    if pair.modality_a == "text":
+        text, region = pair.position_a, pair.position_b
+    else:
+        text, region = pair.position_b, pair.position_a
+    return text in row["text_positions"] and region_near(region, row["image_regions"], grid_size)
 
 
 # --------------------------------------------------------------------------------------
