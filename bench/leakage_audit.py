@@ -1,9 +1,10 @@
 """Leakage audit: does a token's evidence stay in that token's feature (local) or leak (contextual)?
 
 1. Cue decodability on the planted benchmark (ground truth known), per feature setting: a 5-fold
-   logistic probe reads the redundancy word's bit from the evidence token's feature and from the mean of
-   the *other* caption tokens; the redundancy object's bit from the evidence cell and from the mean of the
-   cells more than one cell away.
+   logistic probe reads the unique-text word's bit (sad / happy) from the evidence token's feature and from
+   the mean of the *other* caption tokens; the unique-image object's bit (blue square / red triangle) from
+   the evidence cell and from the mean of the cells more than one cell away (the kinds whose cue has two
+   drawn values).
 2. For a checkpoint (--checkpoint, any number): the share of the planted tokens' input-level removal
    effect that survives masking their feature alone (`masking_survival`), and the cost of the
    input-level game against the feature-level game (evaluations per second).
@@ -37,25 +38,27 @@ def far_cells(regions: list[int], grid: int = 7) -> list[int]:
             if all(max(abs(c // grid - r // grid), abs(c % grid - r % grid)) > 1 for r in regions)]
 
 
-def decodability(rows, n_folds: int) -> None:
+def decodability(text_rows, image_rows, n_folds: int) -> None:
     from modeling_fli2moe.data.planted import EVIDENCE_OBJECTS, EVIDENCE_WORDS
     from modeling_fli2moe.encoders import build_encoder
     from modeling_fli2moe.explain import cue_decodability
 
-    words = [EVIDENCE_WORDS["redundancy"].index(r["evidence_word"]) for r in rows]
-    objects = [[o.name for o in EVIDENCE_OBJECTS["redundancy"]].index(r["evidence_object"]) for r in rows]
+    words = [EVIDENCE_WORDS["unique-text"].index(r["evidence_word"]) for r in text_rows]
+    objects = [[o.name for o in EVIDENCE_OBJECTS["unique-image"]].index(r["evidence_object"]) for r in image_rows]
+    n_rows = len(text_rows) + len(image_rows)
     for name, (text_spec, image_spec) in SETTINGS.items():
         t0 = time.perf_counter()
-        text = build_encoder(text_spec).encode([r["text"] for r in rows])
-        image = build_encoder(image_spec).encode([r["image"] for r in rows])
+        text = build_encoder(text_spec).encode([r["text"] for r in text_rows])
+        image = build_encoder(image_spec).encode([r["image"] for r in image_rows])
         seconds = time.perf_counter() - t0
         ev_t, ot_t, ev_i, ot_i = [], [], [], []
-        for k, r in enumerate(rows):
+        for k, r in enumerate(text_rows):
             f, players = text["features"][k], text["player_mask"][k].clone()
             pos = r["text_positions"]
             ev_t.append(f[pos].mean(0))
             players[pos] = False
             ot_t.append(f[players].mean(0))
+        for k, r in enumerate(image_rows):
             g = image["features"][k]
             ev_i.append(g[r["image_regions"]].mean(0))
             ot_i.append(g[far_cells(r["image_regions"])].mean(0))
@@ -63,7 +66,7 @@ def decodability(rows, n_folds: int) -> None:
         o = cue_decodability(torch.stack(ev_i), torch.stack(ot_i), objects, n_folds, random_state=0)
         print(f"  {name:10s} word bit: from the word {w.from_evidence:.2f}, from the other tokens {w.from_others:.2f} | "
               f"object bit: from its cell {o.from_evidence:.2f}, from cells > 1 away {o.from_others:.2f} "
-              f"(n = {w.n_examples}, chance {w.chance:.2f}; encoding {len(rows) / seconds:.1f} ex/s)", flush=True)
+              f"(n = {w.n_examples} / {o.n_examples}, chance {w.chance:.2f}; encoding {n_rows / seconds:.1f} ex/s)", flush=True)
 
 
 def survival(ckpt: Path, rows, n: int) -> None:
@@ -110,7 +113,7 @@ def survival(ckpt: Path, rows, n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=160, help="redundancy examples with both cues for the probes (two values per cue) (0 = skip them)")
+    parser.add_argument("--n", type=int, default=160, help="unique-text and unique-image examples (each) for the probes (0 = skip them)")
     parser.add_argument("--n-survival", type=int, default=20, help="examples per checkpoint for the survival audit")
     parser.add_argument("--checkpoint", nargs="*", default=[])
     parser.add_argument("--data-dir", default=str(ROOT / "outputs" / "planted" / "data"))
@@ -120,10 +123,12 @@ def main() -> None:
 
     data = Path(args.data_dir)
     ds = load_planted(data) if (data / "dataset_dict.json").is_file() else make_planted(300, random_state=0)
-    train = [r for r in ds["train"] if r["kind"] == "redundancy" and r["evidence_word"] and r["evidence_object"]][: args.n]
-    if train:
-        print(f"1. cue decodability, {len(train)} redundancy examples (5-fold logistic probes)")
-        decodability(train, 5)
+    text_rows = [r for r in ds["train"] if r["kind"] == "unique-text" and r["evidence_word"]][: args.n]
+    image_rows = [r for r in ds["train"] if r["kind"] == "unique-image" and r["evidence_object"]][: args.n]
+    if text_rows and image_rows:
+        print(f"1. cue decodability, {len(text_rows)} unique-text and {len(image_rows)} unique-image examples "
+              "(5-fold logistic probes)")
+        decodability(text_rows, image_rows, 5)
     rows = [r for r in ds["test"] if r["kind"] in ("synergy", "redundancy") and r["text_positions"] and r["image_regions"]]
     for ckpt in args.checkpoint:
         print("2. masking survival of the planted tokens")

@@ -75,13 +75,19 @@ def test_splits_kinds_and_labels_balanced(planted):
     assert combos[False, False] == 0
     for r in syn:
         assert r["label"] == int(bool(r["evidence_word"]) and bool(r["evidence_object"]))
+    red = [r for r in train if r["kind"] == "redundancy"]
+    combos = Counter((bool(r["evidence_word"]), bool(r["evidence_object"])) for r in red)
+    # presence-coded cues, OR: half carry the cues (a fifth of those only one, redundancy_dropout), half neither
+    assert combos[False, False] == 7 and combos[True, True] == 6 and combos[True, False] + combos[False, True] == 1
+    for r in red:
+        assert r["label"] == int(bool(r["evidence_word"]) or bool(r["evidence_object"]))
 
 
 def test_labels_follow_the_rule(planted):
     for split in SPLITS:
         for r in planted[split].remove_columns("image").to_list():
             kind = r["kind"]
-            if kind == "synergy":  # presence-coded: an absent cue is bit 0
+            if kind in ("synergy", "redundancy"):  # presence-coded: an absent cue is bit 0
                 wbit, obit = int(bool(r["evidence_word"])), int(bool(r["evidence_object"]))
                 assert EVIDENCE_WORDS[kind][wbit] == (r["evidence_word"] or None)
                 assert getattr(EVIDENCE_OBJECTS[kind][obit], "name", None) == (r["evidence_object"] or None)
@@ -91,9 +97,7 @@ def test_labels_follow_the_rule(planted):
                 obit = (
                     [o.name for o in EVIDENCE_OBJECTS[kind]].index(r["evidence_object"]) if r["evidence_object"] else None
                 )
-                complete = {"unique-text": wbit is not None, "unique-image": obit is not None}.get(
-                    kind, (wbit, obit) != (None, None)
-                )
+                complete = {"unique-text": wbit is not None, "unique-image": obit is not None}[kind]
                 if complete:  # ambiguous train examples (evidence missing) carry a coin-flip label
                     assert r["label"] == planted_label(kind, wbit, obit)
                 if split != "train":
@@ -106,10 +110,12 @@ def test_labels_follow_the_rule(planted):
 def test_redundancy_dropout_only_in_train():
     ds = make_planted(20, random_state=1, redundancy_dropout=0.5, ambiguous_fraction=0.0, tokenizer=None)
     red = [r for r in ds["train"].remove_columns("image").to_list() if r["kind"] == "redundancy"]
-    one_cue = [r for r in red if not (r["evidence_word"] and r["evidence_object"])]
-    assert len(one_cue) == 7 and {bool(r["evidence_word"]) for r in one_cue} == {True, False}
+    one_cue = [r for r in red if bool(r["evidence_word"]) != bool(r["evidence_object"])]
+    assert len(one_cue) == 4 and {bool(r["evidence_word"]) for r in one_cue} == {True, False}  # half of 7 carrying
+    assert all(r["label"] == 1 for r in one_cue)
     for split in ("validation", "test"):
-        assert all(r["evidence_word"] and r["evidence_object"] for r in ds[split] if r["kind"] == "redundancy")
+        rows = [r for r in ds[split] if r["kind"] == "redundancy"]
+        assert all(bool(r["evidence_word"]) == bool(r["evidence_object"]) == bool(r["label"]) for r in rows)
 
 
 def test_text_positions_match_real_tokenizer(planted, tokenizer):
@@ -184,6 +190,7 @@ def test_save_load_roundtrip(tmp_path, planted):
         ({"image_size": 16}, "image_size"),
         ({"split_fractions": (0.5, 0.5, 0.5)}, "split_fractions"),
         ({"redundancy_dropout": 2.0}, "redundancy_dropout"),
+        ({"ambiguous_fraction": 1.5}, "ambiguous_fraction"),
         ({"random_state": "seed"}, "random_state"),
     ],
 )
@@ -194,9 +201,10 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_ambiguous_train_examples_miss_their_evidence(planted):
-    """A quarter of the uniqueness and redundancy kinds' train examples carry no evidence, with labels
-    that stay balanced; validation and test examples always carry all of theirs. Synergy examples are
-    never ambiguous (an absent cue is one of their cue values) and never lack both cues."""
+    """A quarter of the uniqueness kinds' train examples carry no evidence, with labels that stay balanced;
+    validation and test examples always carry theirs. Synergy and redundancy examples are never ambiguous
+    (an absent cue is one of their cue values): a synergy example never lacks both cues, a redundancy
+    example without cues is a label-0 example."""
     train = planted["train"].remove_columns("image").to_list()
     for kind in PLANTED_KINDS:
         rows = [r for r in train if r["kind"] == kind]
@@ -204,14 +212,17 @@ def test_ambiguous_train_examples_miss_their_evidence(planted):
         if kind == "synergy":
             assert not missing
             continue
+        if kind == "redundancy":
+            assert all(r["label"] == 0 for r in missing) and len(missing) == len(rows) // 2
+            continue
         assert len(missing) == round(0.25 * len(rows))
         assert all(not r["text_positions"] for r in missing if not r["evidence_word"])
     for split in ("validation", "test"):
         for r in planted[split].remove_columns("image").to_list():
-            if r["kind"] == "synergy":
+            if r["kind"] in ("synergy", "redundancy"):
                 continue
-            need_word = r["kind"] in ("unique-text", "redundancy")
-            need_object = r["kind"] in ("unique-image", "redundancy")
+            need_word = r["kind"] == "unique-text"
+            need_object = r["kind"] == "unique-image"
             assert bool(r["evidence_word"]) == need_word and bool(r["evidence_object"]) == need_object
 
 

@@ -13,29 +13,31 @@ unique-image   blue square / red triangle in the image  the object (caption: fil
 synergy        word ``north`` AND a green circle, each  1 if both are present, 0 if one is: neither
                present or not (never both absent)       cue alone decides (half the examples carry
                                                         both, a quarter each one)
-redundancy     word ``diamond`` / ``star`` AND the      the shared bit; either cue alone suffices
-               object it names (purple diamond /
-               yellow star)
+redundancy     word ``star`` AND a yellow star, both    1 if a cue is present, 0 if none is: either
+               present or both absent                   cue alone suffices (half the examples carry
+                                                        both, half neither)
 =============  =======================================  ===========================================
 
 The vocabularies are disjoint, so the kind is readable from the input and one labelling rule
-covers all kinds. The synergy cues are coded by presence (an absent cue is a filler adjective or a
-distractor in its place): with two *drawn* values (say a cross for 0, a circle for 1) a model can read
-one value as the absence of the other, and then one planted token has no effect and the pair no
-synergy in the model; with presence coding a cue can only be read from the cue itself. The rule is an
-AND: the planted (word, region) pair exists, and acts jointly, in the synergy examples that carry both
-cues (half of them); removing either cue, or both, changes the label. (An XOR would leave the label
-unchanged when both are removed, and its no-cue examples would teach that no evidence means label 0.) Distractor words and shapes never carry evidence, and distractors share no
+covers all kinds. The synergy and redundancy cues are coded by presence (an absent cue is a filler
+adjective or a distractor in its place): with two *drawn* values (say a diamond for 0, a star for 1) a
+model can read one value as the absence of the other, and then the planted tokens of that value have no
+effect and the pair no interaction in the model; with presence coding a cue can only be read from the cue
+itself. The synergy rule is an AND: the planted (word, region) pair exists, and acts jointly, in the
+synergy examples that carry both cues (half of them); removing either cue, or both, changes the label.
+(An XOR would leave the label unchanged when both are removed, and its no-cue examples would teach that
+no evidence means label 0.) The redundancy rule is an OR: in the redundancy examples that carry both cues
+(half of them) removing one leaves the label, removing both changes it. Distractor words and shapes never carry evidence, and distractors share no
 shape family and no colour with any evidence object (thin grey strokes: zigzag, wave,
 hatch), so no look-alike of an evidence object can stand in for it. Shapes sit in distinct,
 non-touching cells. The number of phrases and of shapes does not depend on whether a cue is
 present, so counts reveal nothing. With ``ambiguous_fraction`` > 0 a fraction of the *train*
-examples of the uniqueness and redundancy kinds miss their evidence and carry a coin-flip label, so a
-model must read each cue's value from the cue itself, not from the absence of the other value (synergy
-needs none: absence is one of its cue values). With ``redundancy_dropout`` > 0 a fraction of the *train*
-redundancy examples keeps only one of the two cues (the other replaced by a filler phrase or a
-distractor shape), so a model must learn to read each cue alone; validation and test
-redundancy examples always carry both.
+examples of the uniqueness kinds miss their evidence and carry a coin-flip label, so a model must read
+each cue's value from the cue itself, not from the absence of the other value (synergy and redundancy
+need none: absence is one of their cue values). With ``redundancy_dropout`` > 0 a fraction of the
+*train* redundancy examples that carry the cues keeps only one of the two (the other replaced by a
+filler phrase or a distractor shape), so a model must learn to read each cue alone; validation and test
+redundancy examples carry both or neither.
 
 Ground truth per example: ``kind``, ``text_positions`` (token indices of the evidence word in
 the tokenizer output, ``[CLS]`` = 0), ``text_spans`` (its character span, for any other
@@ -93,7 +95,7 @@ PLANTED_KINDS: tuple[str, ...] = ("unique-text", "unique-image", "synergy", "red
 PLANTED_LABEL_NAMES: tuple[str, ...] = ("negative", "positive")
 #: The region grid of the ground truth (EfficientNet-Lite0's 7 x 7 map at 224 px).
 PLANTED_GRID_SIZE = 7
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -114,14 +116,14 @@ class PlantedObject:
 EVIDENCE_WORDS: dict[str, tuple[str | None, str]] = {
     "unique-text": ("sad", "happy"),
     "synergy": (None, "north"),
-    "redundancy": ("diamond", "star"),
+    "redundancy": (None, "star"),
 }
 #: Evidence objects per kind; the position in the pair is the bit the object carries (``None``: bit 0 is
 #: the object's absence).
 EVIDENCE_OBJECTS: dict[str, tuple[PlantedObject | None, PlantedObject]] = {
     "unique-image": (PlantedObject("square", "blue", (30, 90, 230)), PlantedObject("triangle", "red", (220, 30, 30))),
     "synergy": (None, PlantedObject("circle", "green", (30, 170, 60))),
-    "redundancy": (PlantedObject("diamond", "purple", (140, 40, 190)), PlantedObject("star", "yellow", (235, 200, 0))),
+    "redundancy": (None, PlantedObject("star", "yellow", (235, 200, 0))),
 }
 #: Distractors share no shape family and no colour with any evidence object: thin line drawings
 #: (no filled areas, no round, square, triangular, crossed or star outlines) in neutral greys, so a
@@ -159,8 +161,8 @@ assert not (_vocabulary() & _evidence_words), "filler vocabulary must not contai
 
 
 def planted_label(kind: str, word_bit: int | None, object_bit: int | None) -> int:
-    """The labelling rule: uniqueness kinds copy their cue, synergy is word AND object (each bit the
-    cue's presence), redundancy is the bit of whichever cue is present (both agree)."""
+    """The labelling rule: uniqueness kinds copy their cue; synergy is word AND object, redundancy word OR
+    object (each bit the cue's presence)."""
     if kind == "unique-text":
         return int(word_bit)
     if kind == "unique-image":
@@ -168,7 +170,7 @@ def planted_label(kind: str, word_bit: int | None, object_bit: int | None) -> in
     if kind == "synergy":
         return int(word_bit) & int(object_bit)
     if kind == "redundancy":
-        return int(word_bit if word_bit is not None else object_bit)
+        return int(word_bit) | int(object_bit)
     raise ValueError(f"unknown kind {kind!r}; expected one of {PLANTED_KINDS}")
 
 
@@ -437,7 +439,8 @@ def _example(
 
 def _cues(kind: str, n: int, rng: np.random.Generator) -> list[tuple[int | None, int | None]]:
     """Balanced (word_bit, object_bit) pairs for ``n`` examples of ``kind``; for synergy half with both
-    cues (label 1) and a quarter with each cue alone (label 0)."""
+    cues (label 1) and a quarter with each cue alone (label 0), for redundancy half with both (label 1) and
+    half with neither (label 0)."""
     if kind == "synergy":
         cues = [(1, 1) if k % 2 == 0 else ((1, 0) if k % 4 == 1 else (0, 1)) for k in range(n)]
     elif kind == "unique-text":
@@ -484,14 +487,15 @@ def make_planted(
     """Generate the planted-interaction benchmark as a ``DatasetDict`` (train / validation / test).
 
     ``n_per_kind`` examples of each kind in total, split by ``split_fractions``, labels balanced
-    per split and kind (synergy: half both cues, a quarter each cue alone). The same ``random_state`` (an int
-    seed) gives identical datasets. ``n_objects``: shapes per image (evidence included);
+    per split and kind (synergy: half both cues, a quarter each cue alone; redundancy: half both, half
+    neither). The same ``random_state`` (an int seed) gives identical datasets. ``n_objects``: shapes per image (evidence included);
     ``n_phrases``: caption phrases after the opener (evidence phrase included).
-    ``redundancy_dropout``: fraction of *train* redundancy examples that keep one cue only.
-    ``ambiguous_fraction``: fraction of *train* examples of the uniqueness and redundancy kinds whose
+    ``redundancy_dropout``: fraction of the *train* redundancy examples carrying the cues that keep one only.
+    ``ambiguous_fraction``: fraction of *train* examples of the uniqueness kinds whose
     evidence is missing, with a balanced random label, so that a model learns that no evidence means no
     answer and cannot read a bit from a cue's *absence* (e.g. "no happy" for "sad"), which masking a
-    token would then never undo. Synergy examples are never made ambiguous (absence is a cue value).
+    token would then never undo. Synergy and redundancy examples are never made ambiguous (absence is a
+    cue value).
     ``tokenizer``: ``"auto"`` (the offline all-MiniLM-L6-v2 tokenizer if installed, else the
     one-token-per-word rule, identical for it), ``None`` (that rule) or a fast transformers
     tokenizer whose positions to record. Columns: ``id``, ``text``, ``image``, ``label``,
@@ -515,11 +519,8 @@ def make_planted(
         raise ValueError(f"n_phrases must be (lo, hi) with 1 <= lo <= hi, got {n_phrases}")
     if not 0.0 <= redundancy_dropout <= 1.0:
         raise ValueError(f"redundancy_dropout must be in [0, 1], got {redundancy_dropout}")
-    if not 0.0 <= ambiguous_fraction <= 1.0 - redundancy_dropout:
-        raise ValueError(
-            f"ambiguous_fraction must be in [0, 1 - redundancy_dropout] = [0, {1 - redundancy_dropout}], "
-            f"got {ambiguous_fraction}"
-        )
+    if not 0.0 <= ambiguous_fraction <= 1.0:
+        raise ValueError(f"ambiguous_fraction must be in [0, 1], got {ambiguous_fraction}")
     n_train = int(round(n_per_kind * split_fractions[0]))
     n_val = int(round(n_per_kind * split_fractions[1]))
     counts = {"train": n_train, "validation": n_val, "test": n_per_kind - n_train - n_val}
@@ -558,13 +559,12 @@ def make_planted(
         for kind in kinds:
             cues = _cues(kind, n, rng)
             if kind == "redundancy" and split == "train" and redundancy_dropout > 0:
-                n_drop = int(round(redundancy_dropout * n))
-                for k, i in enumerate(rng.permutation(n)[:n_drop]):
-                    w, o = cues[i]
-                    cues[i] = (w, None) if k % 2 == 0 else (None, o)
+                carrying = [i for i in rng.permutation(n).tolist() if cues[i] == (1, 1)]
+                for k, i in enumerate(carrying[: int(round(redundancy_dropout * len(carrying)))]):
+                    cues[i] = (1, 0) if k % 2 == 0 else (0, 1)
             labels: list[int | None] = [None] * n
-            if split == "train" and ambiguous_fraction > 0 and kind != "synergy":
-                pool = [i for i in rng.permutation(n).tolist() if kind != "redundancy" or None not in cues[i]]
+            if split == "train" and ambiguous_fraction > 0 and kind.startswith("unique-"):
+                pool = rng.permutation(n).tolist()
                 for i in pool[: int(round(ambiguous_fraction * n))]:
                     w, o = cues[i]
                     # the label of the full cues, now independent of what is left: a coin flip to the model
