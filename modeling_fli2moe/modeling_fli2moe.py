@@ -412,34 +412,80 @@ class StackedExperts(nn.Module):
         # a row with no valid token at all attends to everything (its outputs are pooled to zero anyway),
         # so that softmax never sees an all-masked row (no NaN)
         key_mask = token_mask | ~token_mask.any(dim=-1, keepdim=True)
-        attention_mask = key_mask[:, None, None, :]  # (B, 1, 1, T), the same for every expert
         dtype = compute_dtype(hidden)
+        b, t = token_mask.shape
+        rows = b
+        if not torch.is_grad_enabled() and not output_attentions:
+            rows = self.rows_per_chunk(e, t, torch.finfo(dtype).bits // 8, b)
+        chunks = []
         # explicit dtypes inside (autocast would cast every activation again before every matmul)
         with torch.autocast(hidden.device.type, enabled=False):
-            x = hidden.to(dtype)  # the first block reads the same input for every expert: not expanded
-            maps = []
-            for i, layer in enumerate(self.layers):
-                x, probs = layer(x, attention_mask, segments, experts, attention_interface, first_qkv if i == 0 else None)
-                maps.append(probs)
-            if x.dim() == 3:
-                x = x.expand(e, *x.shape)
-            # masked mean of every modality in one matmul, (B, M, T) pooling weights @ (E, B, T, H), with the
-            # final LayerNorm's scale and shift applied to the pooled means (fewer tokens than positions)
-            x = F.layer_norm(x, x.shape[-1:], eps=self.final_norm.eps)
-            pool = torch.zeros(token_mask.shape[0], len(segments), token_mask.shape[1], dtype=x.dtype, device=x.device)
-            for m, (start, end) in enumerate(segments):
-                pool[:, m, start:end] = token_mask[:, start:end].to(x.dtype)
-            pool = pool / pool.sum(-1, keepdim=True).clamp_min(1.0)
-            scale, shift = self.final_norm.weight, self.final_norm.bias
-            if experts is not None:
-                scale, shift = scale[experts], shift[experts]
-            present = pool.sum(-1, keepdim=True)  # (B, M, 1): 1, or 0 for a modality without valid tokens
-            latents = torch.addcmul(
-                present * shift.to(dtype)[:, None, None, :], pool.unsqueeze(0) @ x, scale.to(dtype)[:, None, None, :]
-            ).flatten(-2)  # (E, B, M*H)
-            head_weight, head_bias = ExpertBlock._weights(self.head, experts, dtype)
-            logits = stacked_matmul(latents, head_weight, head_bias).view(*latents.shape[:2], -1)
+            for start in range(0, max(b, 1), rows):  # an empty batch is one (empty) chunk
+                part = slice(start, start + rows)
+                qkv = None if first_qkv is None else first_qkv[:, start * t : (start + rows) * t]
+                chunks.append(self._forward_rows(
+                    hidden[part].to(dtype), token_mask[part], key_mask[part], segments, experts, e,
+                    attention_interface, qkv,
+                ))
+        if len(chunks) == 1:
+            logits, latents, maps = chunks[0]
+        else:
+            logits, latents = (torch.cat([c[i] for c in chunks], dim=1) for i in (0, 1))
+            maps = None
         return logits, latents, (tuple(maps) if output_attentions else None)
+
+    #: bytes of the widest activation (query, key and value of every expert) of one chunk of rows at
+    #: inference: small enough to stay in the CPU's cache and to be reused by the allocator instead of
+    #: being mapped afresh (page faults) on every call, large enough for full-speed matmuls
+    chunk_bytes: int = 16 << 20
+
+    def rows_per_chunk(self, num_experts: int, tokens: int, element_size: int, rows: int | None = None) -> int:
+        """Rows (sequences) per chunk of an inference pass (no autograd graph); chunks give the same values.
+        With `rows` (the batch), the chunks are made equal (32 rows as 16 + 16, not 23 + 9)."""
+        per_row = num_experts * tokens * 3 * self.config.hidden_size * element_size
+        most = max(1, self.chunk_bytes // max(per_row, 1))
+        if rows is None or rows <= most:
+            return most if rows is None else max(rows, 1)
+        return -(-rows // -(-rows // most))
+
+    def _forward_rows(
+        self,
+        x: torch.Tensor,
+        token_mask: torch.Tensor,
+        key_mask: torch.Tensor,
+        segments: Sequence[tuple[int, int]],
+        experts: torch.Tensor | None,
+        e: int,
+        attention_interface: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+        first_qkv: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+        """The experts on rows `x (B, T, H)` (in the compute dtype, autocast off): logits, latents and each
+        layer's attention probabilities (None where the kernel gives none)."""
+        dtype = x.dtype
+        attention_mask = key_mask[:, None, None, :]  # (B, 1, 1, T), the same for every expert
+        maps = []
+        for i, layer in enumerate(self.layers):  # the first block reads the same input for every expert
+            x, probs = layer(x, attention_mask, segments, experts, attention_interface, first_qkv if i == 0 else None)
+            maps.append(probs)
+        if x.dim() == 3:
+            x = x.expand(e, *x.shape)
+        # masked mean of every modality in one matmul, (B, M, T) pooling weights @ (E, B, T, H), with the
+        # final LayerNorm's scale and shift applied to the pooled means (fewer tokens than positions)
+        x = F.layer_norm(x, x.shape[-1:], eps=self.final_norm.eps)
+        pool = torch.zeros(token_mask.shape[0], len(segments), token_mask.shape[1], dtype=x.dtype, device=x.device)
+        for m, (start, end) in enumerate(segments):
+            pool[:, m, start:end] = token_mask[:, start:end].to(x.dtype)
+        pool = pool / pool.sum(-1, keepdim=True).clamp_min(1.0)
+        scale, shift = self.final_norm.weight, self.final_norm.bias
+        if experts is not None:
+            scale, shift = scale[experts], shift[experts]
+        present = pool.sum(-1, keepdim=True)  # (B, M, 1): 1, or 0 for a modality without valid tokens
+        latents = torch.addcmul(
+            present * shift.to(dtype)[:, None, None, :], pool.unsqueeze(0) @ x, scale.to(dtype)[:, None, None, :]
+        ).flatten(-2)  # (E, B, M*H)
+        head_weight, head_bias = ExpertBlock._weights(self.head, experts, dtype)
+        logits = stacked_matmul(latents, head_weight, head_bias).view(*latents.shape[:2], -1)
+        return logits, latents, maps
 
 
 class Router(nn.Module):
@@ -975,15 +1021,24 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         select = torch.cat([present[n] for n in names], dim=1)  # (k, T): true = candidate 0
         token_mask = torch.cat([masks[n] for n in names], dim=1)
         dtype = compute_dtype(candidates)
+        t = select.shape[1]
+        e = self.experts.num_experts if experts is None else int(experts.numel())
+        chunk = self.experts.rows_per_chunk(e, t, torch.finfo(dtype).bits // 8, k) if not torch.is_grad_enabled() else k
+        parts = []
         with torch.autocast(candidates.device.type, enabled=False):
             candidates = candidates.to(dtype)
             qkv = self.experts.layers[0].project_qkv(candidates, experts)  # (E, 2 T, 3H)
-            t = select.shape[1]
+            candidates = candidates.flatten(0, 1)
             # row of every (coalition, token) among the 2 T candidates: whole rows copied, no arithmetic
-            rows = (torch.arange(t, device=select.device) + t * (~select)).flatten()
-            first_qkv = qkv.index_select(1, rows)  # (E, k T, 3H)
-            hidden = candidates.flatten(0, 1).index_select(0, rows).view(k, t, -1)  # (k, T, H)
-        logits, _, _ = self.experts(hidden, token_mask, segments, experts=experts, first_qkv=first_qkv)
+            rows = torch.arange(t, device=select.device) + t * (~select)  # (k, T)
+            for start in range(0, max(k, 1), chunk):  # one chunk at a time: the gathered rows stay in cache
+                part = rows[start : start + chunk].flatten()
+                hidden = candidates.index_select(0, part).view(-1, t, candidates.shape[-1])  # (k', T, H)
+                first_qkv = qkv.index_select(1, part)  # (E, k' T, 3H)
+                parts.append(self.experts(
+                    hidden, token_mask[start : start + chunk], segments, experts=experts, first_qkv=first_qkv
+                )[0])
+        logits = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if not mixture:
             return logits[0]
         if self.router is None:

@@ -135,6 +135,9 @@ class FLI2MoEModelTester:
                     torch.testing.assert_close(got.float(), expected.float(), **tol)
             full = model.coalition_logits(projected, fill, {n: torch.ones(1, t, dtype=torch.bool) for n, t in zip(self.names, self.tokens)}, mask)
             torch.testing.assert_close(full, model.head_logits(one, mask), atol=1e-6, rtol=1e-5)
+            whole = model.coalition_logits(projected, fill, present, mask)
+            model.experts.chunk_bytes = 1  # one coalition per chunk
+            torch.testing.assert_close(model.coalition_logits(projected, fill, present, mask), whole, atol=1e-6, rtol=1e-5)
 
     def create_and_check_expert_heads(self, config, features, masks, labels) -> None:
         model = FLI2MoEModel(config).eval()
@@ -323,6 +326,25 @@ EXPECTED_EXPERT_LOGITS_CLASS_0 = torch.tensor([
     [0.045635, -0.203256, 0.186043, 0.002887],
     [0.018305, -0.201509, 0.192598, 0.001564],
 ])
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_inference_in_chunks_of_rows_gives_the_outputs_of_one_pass(dtype):
+    """Without an autograd graph the experts run a few rows at a time (cache-sized activations); any chunk
+    size gives the logits and latents of one pass over the whole batch (the graph-building pass)."""
+    tester = FLI2MoEModelTester(batch_size=5)
+    config, features, masks, _ = tester.prepare_config_and_inputs()
+    model = FLI2MoEModel(config).eval()
+    per_row = config.num_experts * sum(tester.tokens) * 3 * config.hidden_size * (4 if dtype is None else 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+        whole = model(features, masks)  # gradients enabled: one pass
+        assert model.experts.rows_per_chunk(config.num_experts, sum(tester.tokens), 2 if dtype else 4) >= 5
+        for chunk_bytes in (1, 2 * per_row):  # 1 row per chunk; 2 rows (the last chunk shorter)
+            model.experts.chunk_bytes = chunk_bytes
+            with torch.no_grad():
+                chunked = model(features, masks)
+            for name in ("logits", "expert_logits", "latents"):
+                torch.testing.assert_close(getattr(chunked, name), getattr(whole, name).detach(), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
