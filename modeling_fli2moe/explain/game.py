@@ -317,16 +317,18 @@ class FeatureGame:
         with torch.inference_mode(), eval_mode(self.model), self._autocast():
             always = torch.ones(k, 1, dtype=torch.bool, device=coalitions.device)
             present_cols = torch.cat([coalitions, always], dim=1)  # (k, n_players + 1)
+            present = {n: present_cols[:, self._token_player[n]] for n in self.modality_names}  # (k, T) each
+            if self.fill == "mean" and hasattr(self.model, "coalition_logits"):  # older remote code lacks it
+                return self.model.coalition_logits(self._projected, self._fill, present, self._masks, self.head).float()
             projected, masks = {}, {}
             for n in self.modality_names:
-                present = present_cols[:, self._token_player[n]]  # (k, T)
                 base_mask = self._masks[n].expand(k, -1)
                 if self.fill == "mean":
-                    projected[n] = torch.where(present.unsqueeze(-1), self._projected[n], self._fill[n])
+                    projected[n] = torch.where(present[n].unsqueeze(-1), self._projected[n], self._fill[n])
                     masks[n] = base_mask
                 else:
                     projected[n] = self._projected[n].expand(k, -1, -1)
-                    masks[n] = base_mask & present
+                    masks[n] = base_mask & present[n]
             return self.model.head_logits_from_projected(projected, masks, self.head).float()
 
     def __call__(self, coalitions: torch.Tensor | np.ndarray) -> torch.Tensor:
