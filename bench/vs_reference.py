@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.machinery
 import json
 import os
 import resource
@@ -94,6 +95,8 @@ def stub_reference_imports() -> None:
             pass
         module = types.ModuleType(name)
         module.__dict__.update(attrs)
+        # a spec, so that importlib.util.find_spec (torch._dynamo's import-time scan) accepts the stand-in
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
         sys.modules[name] = module
         parent, _, child = name.rpartition(".")
         if parent:
