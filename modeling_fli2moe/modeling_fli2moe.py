@@ -406,7 +406,8 @@ class StackedExperts(nn.Module):
         """`hidden (B, T, H)` shared input, `token_mask (B, T)` bool. Returns expert logits `(E, B, C)`,
         latents `(E, B, M*H)` and, with `output_attentions`, each layer's attention probabilities. The
         attention kernel is `config._attn_implementation`'s. `first_qkv (E, B*T, 3H)`: the first block's
-        `project_qkv(hidden)` when the caller has it (in the compute dtype)."""
+        `project_qkv(hidden)` when the caller has it (in the compute dtype). Without an autograd graph the rows
+        run in chunks of `rows_per_chunk` (the same values, activations that stay cache-sized)."""
         attention_interface = ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         e = self.num_experts if experts is None else int(experts.numel())
         # a row with no valid token at all attends to everything (its outputs are pooled to zero anyway),
