@@ -4,8 +4,8 @@ For the synergy and redundancy examples of the planted test split (and the uniqu
 experts' own-modality share), with `Explainer` at its shipped defaults unless a flag changes one:
 
 - top-SII pair = the planted (word, region within one cell) pair, in the synergy examples that carry it
-  (both presence-coded cues present: a quarter of the synergy examples);
-- top-RG pair = the planted pair, redundancy examples;
+  (both presence-coded cues present: half of the synergy examples);
+- top-RG pair = the planted pair, in the redundancy examples that carry it (half of them);
 - candidate recall: the planted word / region among the candidate players;
 - masking the top-1 pair by SII / by RG against random pairs (paired Wilcoxon), in the score's own kind
   (SII: synergy examples, RG: redundancy examples) and over both kinds together;
@@ -15,8 +15,11 @@ experts' own-modality share), with `Explainer` at its shipped defaults unless a 
   planted token *alone* moves p(target) by >= 0.1 (the model needs both: otherwise a synergy pair is
   not synergistic in the model), with the SII hit rate where it holds;
 - fidelity (with --reference-budget > 0): the default top SII / RG pair equals the top pair of a
-  reference run over *all* cross-modal pairs (screened with shared contexts, the best 32 re-estimated
-  at --reference-budget evaluations);
+  reference run over *all* cross-modal pairs (screened with shared contexts, the best 32 and the
+  default's own top pairs re-estimated at --reference-budget evaluations); strictly, and up to the
+  reference's own resolution (the default's pair is within 2 standard errors of the reference's top: a
+  reference that cannot tell two pairs apart cannot call either choice wrong), in the score's own kind and
+  in both kinds;
 - seconds per example at the defaults, and the same for a dense checkpoint side by side
   (concentration and specificity of its maps) with --dense.
 
@@ -48,16 +51,18 @@ def planted_players(game, row) -> tuple[list[int], list[int]]:
     return text, image
 
 
-def same_pair(pair, game, result, k: int) -> bool:
-    a, b = (int(x) for x in result.pairs[k])
-    got = {(game.players[a][0], game.players[a][1]), (game.players[b][0], game.players[b][1])}
-    return got == {(pair.modality_a, pair.position_a), (pair.modality_b, pair.position_b)}
+def player_pair(pair, game) -> tuple[int, int]:
+    """The game's player indices `(i, j)`, i < j, of an `InteractionPair`."""
+    index = {(p[0], p[1]): k for k, p in enumerate(game.players)}
+    a, b = index[pair.modality_a, pair.position_a], index[pair.modality_b, pair.position_b]
+    return min(a, b), max(a, b)
 
 
-def reference_run(game, budget: int, seed: int):
+def reference_run(game, budget: int, seed: int, include: list[tuple[int, int]]):
     """SII / RG over *all* cross-modal pairs, independent of the Explainer's candidates: every pair is
-    screened with 6 shared contexts (3 antithetic units), then the 16 best pairs by SII and the 16 best
-    by RG are re-estimated with `budget` evaluations; the best of those is the reference's top pair."""
+    screened with 6 shared contexts (3 antithetic units), then the 16 best pairs by SII, the 16 best by RG
+    and the pairs in `include` are re-estimated with `budget` evaluations; the best of those is the
+    reference's top pair."""
     from modeling_fli2moe.explain import shapley_interactions
     from modeling_fli2moe.explain.shapley import cross_modal_pairs
 
@@ -66,7 +71,17 @@ def reference_run(game, budget: int, seed: int):
     screen = shapley_interactions(game, game.n_players, pairs, 3 * unit, random_state=seed, batch_size=512,
                                   border=False)
     keep = np.union1d(np.argsort(-screen.sii)[:16], np.argsort(-screen.redundancy_gap)[:16])
-    return shapley_interactions(game, game.n_players, pairs[keep], budget, random_state=seed + 1, batch_size=512)
+    chosen = np.unique(np.concatenate([pairs[keep], np.asarray(include, dtype=pairs.dtype).reshape(-1, 2)]), axis=0)
+    return shapley_interactions(game, game.n_players, chosen, budget, random_state=seed + 1, batch_size=512)
+
+
+def agrees_with_reference(pair, game, ref, key: str) -> tuple[bool, bool]:
+    """(strict, resolved): the default's top pair is the reference's top pair by `key`; it is that, or its
+    reference value is within 2 standard errors of the top's."""
+    values, errors = getattr(ref, key), getattr(ref, f"{key}_se")
+    top = int(np.argmax(values))
+    got = int(np.flatnonzero((ref.pairs == np.asarray(player_pair(pair, game))).all(axis=1))[0])
+    return got == top, bool(values[top] - values[got] <= 2 * np.hypot(errors[top], errors[got]))
 
 
 def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
@@ -85,7 +100,8 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
     call = {k: v for k, v in (("budget", args.budget), ("n_candidates", args.n_candidates)) if v is not None}
     hits = {"synergy": [], "redundancy": []}
     hits_used = {"synergy": [], "redundancy": []}
-    fidelity = {"sii": [], "redundancy_gap": []}
+    fidelity = {key: {"strict": [], "resolved": [], "own strict": [], "own resolved": []}
+                for key in ("sii", "redundancy_gap")}
     recall = {"text": [], "image": []}
     used = []
     needs_both: dict[str, list[bool]] = {}
@@ -153,10 +169,16 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
                         own_drops[key][1].append(first.random_mean)
             if args.reference_budget:
                 ref_game = example.game_for("mixture", output=explainer.output, autocast_dtype=explainer.autocast_dtype)
-                ref = reference_run(ref_game, args.reference_budget, 10_000 + i)
-                fidelity["sii"].append(same_pair(exp.synergy_pairs[0], ref_game, ref, int(np.argmax(ref.sii))))
-                fidelity["redundancy_gap"].append(
-                    same_pair(exp.redundancy_pairs[0], ref_game, ref, int(np.argmax(ref.redundancy_gap))))
+                tops = {"sii": exp.synergy_pairs[0], "redundancy_gap": exp.redundancy_pairs[0]}
+                ref = reference_run(ref_game, args.reference_budget, 10_000 + i,
+                                    [player_pair(t, ref_game) for t in tops.values()])
+                for key, top_pair in tops.items():
+                    strict, resolved = agrees_with_reference(top_pair, ref_game, ref, key)
+                    fidelity[key]["strict"].append(strict)
+                    fidelity[key]["resolved"].append(resolved)
+                    if kind == own_kind[key]:
+                        fidelity[key]["own strict"].append(strict)
+                        fidelity[key]["own resolved"].append(resolved)
         print(f"  [{label}] {kind}: {len(rows_by_kind[kind])} examples done", flush=True)
 
     def frac(x):
@@ -177,8 +199,9 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
         "each planted token alone moves p(target) >= 0.1 (synergy / redundancy)": (
             frac(needs_both.get("synergy", [])), frac(needs_both.get("redundancy", []))),
         "top-SII hit where each planted token alone matters": frac(hits_both.get("synergy", [])),
-        "fidelity top-SII vs all-pairs reference": frac(fidelity["sii"]),
-        "fidelity top-RG vs all-pairs reference": frac(fidelity["redundancy_gap"]),
+        **{f"fidelity top-{name} vs all-pairs reference ({which})": frac(fidelity[key][which])
+           for key, name in (("sii", "SII"), ("redundancy_gap", "RG"))
+           for which in ("own strict", "own resolved", "strict", "resolved")},
         "own-modality share (all kinds)": {h: round(float(np.mean(v)), 3) for h, v in share["all"].items()},
         "own-modality share (own kind)": {h: round(float(np.mean(v)), 3) for h, v in share["own kind"].items()},
         "mixture map entropy / top-10% mass": (round(float(np.nanmean(conc["entropy"])), 3),
@@ -222,8 +245,9 @@ def main() -> None:
 
     ckpt = Path(args.checkpoint)
     test = load_planted(args.data_dir or ckpt.parent / "data")["test"]
-    # synergy: the examples that carry the planted pair (both presence-coded cues)
-    rows_by_kind = {k: [r for r in test if r["kind"] == k and (k != "synergy" or r["text_positions"] and r["image_regions"])]
+    # synergy and redundancy: the examples that carry the planted pair (both presence-coded cues)
+    pair_kinds = ("synergy", "redundancy")
+    rows_by_kind = {k: [r for r in test if r["kind"] == k and (k not in pair_kinds or r["text_positions"] and r["image_regions"])]
                     [: args.n] for k in ("synergy", "redundancy", "unique-text", "unique-image")}
     reports = {"fl_i2moe": run(ckpt, rows_by_kind, args, "fl_i2moe")}
     if args.dense:
