@@ -40,9 +40,11 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("finetune-data")
     save_planted(make_planted(n_per_kind=16, random_state=0), root / "planted")
-    # 68 train and 16 validation examples (4 per kind), no test split: the recipe needs train and validation
-    new = make_planted(n_per_kind=24, random_state=1, ambiguous_fraction=0.0)
+    # 32 per kind, no test split (the recipe needs train and validation); the redundancy examples without cues
+    # (half of that kind) carry no evidence in any modality, which the rule below does not speak of: left out
+    new = make_planted(n_per_kind=32, random_state=1, ambiguous_fraction=0.0)
     del new["test"]
+    new = new.filter(lambda r: r["kind"] != "redundancy" or bool(r["evidence_word"] or r["evidence_object"]))
     new.map(one_modality_rule, features=new["train"].features).save_to_disk(str(root / "one-modality"))
     return {"planted": root / "planted", "one-modality": root / "one-modality", "cache": root / "cache"}
 
