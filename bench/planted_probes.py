@@ -75,12 +75,12 @@ def reference_run(game, budget: int, seed: int, include: list[tuple[int, int]]):
     return shapley_interactions(game, game.n_players, chosen, budget, random_state=seed + 1, batch_size=512)
 
 
-def agrees_with_reference(pair, game, ref, key: str) -> tuple[bool, bool]:
-    """(strict, resolved): the default's top pair is the reference's top pair by `key`; it is that, or its
-    reference value is within 2 standard errors of the top's."""
+def agrees_with_reference(pair: tuple[int, int], ref, key: str) -> tuple[bool, bool]:
+    """(strict, resolved): the default's top pair (player indices) is the reference's top pair by `key`; it
+    is that, or its reference value is within 2 standard errors of the top's."""
     values, errors = getattr(ref, key), getattr(ref, f"{key}_se")
     top = int(np.argmax(values))
-    got = int(np.flatnonzero((ref.pairs == np.asarray(player_pair(pair, game))).all(axis=1))[0])
+    got = int(np.flatnonzero((ref.pairs == np.asarray(pair)).all(axis=1))[0])
     return got == top, bool(values[top] - values[got] <= 2 * np.hypot(errors[top], errors[got]))
 
 
@@ -169,11 +169,11 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
                         own_drops[key][1].append(first.random_mean)
             if args.reference_budget:
                 ref_game = example.game_for("mixture", output=explainer.output, autocast_dtype=explainer.autocast_dtype)
-                tops = {"sii": exp.synergy_pairs[0], "redundancy_gap": exp.redundancy_pairs[0]}
-                ref = reference_run(ref_game, args.reference_budget, 10_000 + i,
-                                    [player_pair(t, ref_game) for t in tops.values()])
+                tops = {key: player_pair(top_pair, ref_game)
+                        for key, top_pair in (("sii", exp.synergy_pairs[0]), ("redundancy_gap", exp.redundancy_pairs[0]))}
+                ref = reference_run(ref_game, args.reference_budget, 10_000 + i, list(tops.values()))
                 for key, top_pair in tops.items():
-                    strict, resolved = agrees_with_reference(top_pair, ref_game, ref, key)
+                    strict, resolved = agrees_with_reference(top_pair, ref, key)
                     fidelity[key]["strict"].append(strict)
                     fidelity[key]["resolved"].append(resolved)
                     if kind == own_kind[key]:
