@@ -413,6 +413,14 @@ def test_non_finite_features_name_modality_and_row(model, value):
         model(feats, masks)
 
 
+def test_huge_finite_features_whose_sum_overflows_are_accepted(model):
+    """The finiteness check sums first: a sum that overflows to inf from finite values is not an error."""
+    feats, masks = random_inputs(model.config, batch_size=2, generator=torch.Generator().manual_seed(0))
+    feats["image"][:, :2, 0] = torch.finfo(torch.float32).max
+    assert not torch.isfinite(feats["image"].sum())
+    model(feats, masks)  # no error
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
 def test_integer_and_bool_features_are_refused(model, dtype):
     feats, masks = random_inputs(model.config, batch_size=2, generator=torch.Generator().manual_seed(0))
