@@ -162,11 +162,10 @@ def stacked_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sh
     return torch.baddbmm(bias.unsqueeze(1), flat, weight)
 
 
-def keep_mask(like: torch.Tensor, p: float, seed: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+def keep_mask(like: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     """Bool mask shaped like `like`, true with probability 1 - p: 8 random bits per element where p is a
     multiple of 1/256 (e.g. 0.5, 0.25: exact), else 16 (p resolved to 1/65536), drawn 64 bits at a time
-    (several times cheaper than one draw per element). With `dtype`, the mask as ones and zeros of that
-    dtype (converted from its bytes: bool to a float type is several times slower on CPU)."""
+    (several times cheaper than one draw per element)."""
     n = like.numel()
     bits = 8 if float(p * 256).is_integer() else 16
     per_draw = 64 // bits
@@ -175,23 +174,31 @@ def keep_mask(like: torch.Tensor, p: float, seed: int, dtype: torch.dtype | None
     draws.random_(-(2**63), 2**63 - 1, generator=generator)
     levels = 1 << bits
     small = draws.view(torch.int8 if bits == 8 else torch.int16)[:n].view(like.shape)
-    keep = small >= round(p * levels) - levels // 2
-    return keep if dtype is None else keep.view(torch.uint8).to(dtype)
+    return small >= round(p * levels) - levels // 2
+
+
+def as_ones(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask as ones and zeros of `dtype`, converted from its bytes (bool to a float type directly is
+    several times slower on CPU)."""
+    return mask.view(torch.uint8).to(dtype)
 
 
 class DropoutAdd(torch.autograd.Function):
-    """`x + dropout(y)` in one pass; backward draws the same mask again from its seed instead of keeping it.
-    `x` may lack the leading (expert) dimension of `y`."""
+    """`x + dropout(y)` in one pass; backward reuses the keep mask, kept as one byte per element (drawing it
+    again from its seed costs more than keeping it). `x` may lack the leading (expert) dimension of `y`."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor, p: float) -> torch.Tensor:
-        ctx.seed = int(torch.randint(2**62, (1,)))  # from the global generator: reproducible under manual_seed
+        seed = int(torch.randint(2**62, (1,)))  # from the global generator: reproducible under manual_seed
         ctx.p, ctx.broadcast = p, x.dim() < y.dim()
-        return torch.addcmul(x, y, keep_mask(y, p, ctx.seed, y.dtype), value=1.0 / (1.0 - p))
+        keep = keep_mask(y, p, seed)
+        ctx.save_for_backward(keep)
+        return torch.addcmul(x, y, as_ones(keep, y.dtype), value=1.0 / (1.0 - p))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad_y = grad * keep_mask(grad, ctx.p, ctx.seed, grad.dtype)
+        (keep,) = ctx.saved_tensors
+        grad_y = grad * as_ones(keep, grad.dtype)
         grad_y.mul_(1.0 / (1.0 - ctx.p))
         return (grad.sum(0) if ctx.broadcast else grad), grad_y, None
 
@@ -225,8 +232,13 @@ class GeluLinear(torch.autograd.Function):
 class ChunkedAttention(torch.autograd.Function):
     """Softmax attention of `query, key, value (N, heads, T, d)` with an additive key bias `(N, 1, T)`, one
     head and one chunk of sequences at a time, as `(N, T, heads, d)`; backward recomputes the probabilities,
-    so nothing of size T x T outlives a chunk. q, k and v are laid out head-major once (the CPU bf16 matmuls
-    copy strided operands on every call). Faster than CPU flash attention in bf16, forward and backward."""
+    so nothing of size T x T outlives a chunk, except where all the probabilities together take at most
+    `saved_probs_bytes`: then they are kept for backward instead. q, k and v are laid out head-major once (the
+    CPU bf16 matmuls copy strided operands on every call). Faster than CPU flash attention in bf16, forward
+    and backward."""
+
+    #: probabilities up to this size are kept for backward (short sequences); longer ones are recomputed
+    saved_probs_bytes: int = 64 << 20
 
     @staticmethod
     def forward(ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -235,18 +247,22 @@ class ChunkedAttention(torch.autograd.Function):
         for i, x in enumerate((query, key, value)):
             heads[i].copy_(x.transpose(0, 1))
         out = query.new_empty(n, t, num_heads, d)
+        keep = any(ctx.needs_input_grad[:3]) and num_heads * n * t * t * query.element_size() <= ChunkedAttention.saved_probs_bytes
+        saved = query.new_empty(num_heads, n, t, t) if keep else query.new_empty(0)
         for rows in (slice(s, s + chunk) for s in range(0, n, chunk)):
             for i in range(num_heads):
                 q, k, v = heads[:, i, rows]
                 probs = torch.baddbmm(bias[rows], q, k.transpose(1, 2), alpha=d**-0.5).softmax(-1)
                 out[rows, :, i] = torch.bmm(probs, v)
-        ctx.save_for_backward(heads, bias)
+                if keep:
+                    saved[i, rows] = probs
+        ctx.save_for_backward(heads, bias, saved)
         ctx.chunk = chunk
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        heads, bias = ctx.saved_tensors
+        heads, bias, saved = ctx.saved_tensors
         num_heads, n, t, d = heads.shape[1:]
         grad_heads = grad_out.permute(2, 0, 1, 3).to(heads.dtype).contiguous()
         grad = torch.empty_like(heads)
@@ -254,7 +270,10 @@ class ChunkedAttention(torch.autograd.Function):
             for i in range(num_heads):
                 q, k, v = heads[:, i, rows]
                 go = grad_heads[i, rows]
-                probs = torch.baddbmm(bias[rows], q, k.transpose(1, 2), alpha=d**-0.5).softmax(-1)
+                if saved.numel():
+                    probs = saved[i, rows]
+                else:
+                    probs = torch.baddbmm(bias[rows], q, k.transpose(1, 2), alpha=d**-0.5).softmax(-1)
                 torch.bmm(probs.transpose(1, 2), go, out=grad[2, i, rows])
                 scores = torch._softmax_backward_data(torch.bmm(go, v.transpose(1, 2)), probs, -1, probs.dtype)
                 scores.mul_(d**-0.5)

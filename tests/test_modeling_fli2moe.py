@@ -272,9 +272,12 @@ def test_unsupported_attention_implementation_is_refused(implementation):
     assert model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.parametrize("saved_probs_bytes", [64 << 20, 0], ids=["probs kept", "probs recomputed"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-def test_chunked_attention_matches_eager_forward_and_backward(dtype):
-    """ChunkedAttention (several chunks, masked keys) equals the written-out softmax attention."""
+def test_chunked_attention_matches_eager_forward_and_backward(dtype, saved_probs_bytes, monkeypatch):
+    """ChunkedAttention (several chunks, masked keys) equals the written-out softmax attention, with the
+    probabilities kept for backward or recomputed there."""
+    monkeypatch.setattr(ChunkedAttention, "saved_probs_bytes", saved_probs_bytes)
     g = torch.Generator().manual_seed(0)
     n, heads, t, d = 5, 2, 6, 4
     q, k, v = (torch.randn(n, heads, t, d, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for _ in range(3))
