@@ -219,7 +219,7 @@ class GeluLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
-        return torch.bmm(F.gelu(h), weight).add_(bias.unsqueeze(1))
+        return torch.baddbmm(bias.unsqueeze(1), F.gelu(h), weight)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -391,15 +391,29 @@ class ExpertBlock(nn.Module):
         query, key, value = qkv.view(e, b, t, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
         ctx, probs = attention_interface(self, query, key, value, attention_mask, scaling=self.head_dim**-0.5)
         out_weight, out_bias = weights["attn_out"]
-        x = dropout_add(x, stacked_matmul(ctx.reshape(e, b, t, h), out_weight, out_bias).view(e, b, t, h), p, self.training)
+        # without an autograd graph (inference), the residual plus the bias is each output matmul's initial
+        # value: fewer passes over the activations than matmul, bias, residual
+        inference = not torch.is_grad_enabled()
+        if inference:
+            x = (x + out_bias[:, None, None, :]).view(e, b * t, h).baddbmm_(ctx.reshape(e, b * t, h), out_weight)
+            x = x.view(e, b, t, h)
+        else:
+            x = dropout_add(x, stacked_matmul(ctx.reshape(e, b, t, h), out_weight, out_bias).view(e, b, t, h), p, self.training)
 
         normed = F.layer_norm(x, (h,), eps=self.ffn_norm.eps)
         # split (not slicing): its backward is one concatenation instead of zero-filled full-size gradients
         parts = normed.split([end - start for start, end in segments], dim=2)
+        out = torch.empty_like(x) if inference else None
         ffn = []
-        for part, (w_in, b_in), (w_out, b_out) in zip(parts, weights["ffn_in"], weights["ffn_out"]):
+        for (start, end), part, (w_in, b_in), (w_out, b_out) in zip(segments, parts, weights["ffn_in"], weights["ffn_out"]):
             hidden = stacked_matmul(part, w_in, b_in)
-            ffn.append(GeluLinear.apply(hidden, w_out, b_out).view(e, b, part.shape[2], h))
+            if inference:
+                residual = (x[:, :, start:end] + b_out[:, None, None, :]).view(e, -1, h)
+                out[:, :, start:end] = residual.baddbmm_(F.gelu(hidden), w_out).view(e, b, end - start, h)
+            else:
+                ffn.append(GeluLinear.apply(hidden, w_out, b_out).view(e, b, part.shape[2], h))
+        if inference:
+            return out, probs
         return dropout_add(x, torch.cat(ffn, dim=2), p, self.training), probs
 
     def compute_weights(self, experts: torch.Tensor | None, dtype: torch.dtype) -> dict[str, Any]:
