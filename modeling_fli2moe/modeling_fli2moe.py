@@ -478,11 +478,9 @@ class StackedExperts(nn.Module):
         b, t = token_mask.shape
         rows = b
         if not torch.is_grad_enabled() and not output_attentions:
-            pad = -t % self.token_multiple
-            if pad:  # masked tokens at the end of the last segment: pooled out, never attended to
+            token_mask, segments, pad = self.pad_tokens(token_mask, segments)
+            if pad:
                 hidden = torch.cat([hidden, hidden.new_zeros(b, pad, hidden.shape[-1])], dim=1)
-                token_mask = torch.cat([token_mask, token_mask.new_zeros(b, pad)], dim=1)
-                segments = [*segments[:-1], (segments[-1][0], segments[-1][1] + pad)]
                 if first_qkv is not None:
                     first_qkv = first_qkv.view(e, b, t, -1)
                     first_qkv = torch.cat([first_qkv, first_qkv.new_zeros(e, b, pad, first_qkv.shape[-1])], dim=2)
@@ -518,6 +516,18 @@ class StackedExperts(nn.Module):
     #: inference: small enough to stay in the CPU's cache and to be reused by the allocator instead of
     #: being mapped afresh (page faults) on every call, large enough for full-speed matmuls
     chunk_bytes: int = 16 << 20
+
+    def pad_tokens(
+        self, token_mask: torch.Tensor, segments: Sequence[tuple[int, int]]
+    ) -> tuple[torch.Tensor, list[tuple[int, int]], int]:
+        """`token_mask (B, T)` and `segments` with masked tokens added at the end of the last segment, up to a
+        multiple of `token_multiple` tokens (pooled out, never attended to), and how many were added."""
+        pad = -token_mask.shape[1] % self.token_multiple
+        segments = list(segments)
+        if pad:
+            token_mask = torch.cat([token_mask, token_mask.new_zeros(token_mask.shape[0], pad)], dim=1)
+            segments[-1] = (segments[-1][0], segments[-1][1] + pad)
+        return token_mask, segments, pad
 
     def rows_per_chunk(self, num_experts: int, tokens: int, element_size: int, rows: int | None = None) -> int:
         """Rows (sequences) per chunk of an inference pass (no autograd graph); chunks give the same values.
@@ -1108,8 +1118,9 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         dtype = compute_dtype(candidates)
         t = select.shape[1]
         e = self.experts.num_experts if experts is None else int(experts.numel())
-        # the experts' padding to a multiple of `token_multiple` tokens at inference, done here by the row index
-        pad = 0 if torch.is_grad_enabled() else -t % self.experts.token_multiple
+        pad = 0
+        if not torch.is_grad_enabled():  # the experts' padding at inference, done here by the row index below
+            token_mask, segments, pad = self.experts.pad_tokens(token_mask, segments)
         chunk = self.experts.rows_per_chunk(e, t + pad, torch.finfo(dtype).bits // 8, k) if not torch.is_grad_enabled() else k
         parts = []
         with torch.autocast(candidates.device.type, enabled=False):
@@ -1122,8 +1133,6 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
                 candidates = torch.cat([candidates, candidates.new_zeros(1, candidates.shape[-1])])
                 qkv = torch.cat([qkv, qkv.new_zeros(qkv.shape[0], 1, qkv.shape[-1])], dim=1)
                 rows = torch.cat([rows, rows.new_full((k, pad), 2 * t)], dim=1)
-                token_mask = torch.cat([token_mask, token_mask.new_zeros(k, pad)], dim=1)
-                segments = [*segments[:-1], (segments[-1][0], segments[-1][1] + pad)]
                 t += pad
             for start in range(0, max(k, 1), chunk):  # one chunk at a time: the gathered rows stay in cache
                 part = rows[start : start + chunk].flatten()
