@@ -322,6 +322,18 @@ def alternate(fns: dict[str, Callable[[], object]], repeats: int, device: str, w
     return out
 
 
+def best_seconds(fn: Callable[[], object], device: str, repeats: int) -> float:
+    """Fastest of `repeats` timed calls of `fn`."""
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = clock()
+        fn()
+        sync(device)
+        best = min(best, clock() - t0)
+    return best
+
+
 def matmul_peak(device: str, n: int | None = None) -> dict[str, float]:
     """Best GFLOP/s of an n x n matmul in fp32 and bf16."""
     n = n or (2048 if device == "cpu" else 8192)
@@ -329,14 +341,7 @@ def matmul_peak(device: str, n: int | None = None) -> dict[str, float]:
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
-        best = float("inf")
-        for _ in range(6):
-            sync(device)
-            t0 = clock()
-            a @ b
-            sync(device)
-            best = min(best, clock() - t0)
-        out[name] = 2 * n**3 / best / 1e9
+        out[name] = 2 * n**3 / best_seconds(lambda: a @ b, device, 6) / 1e9
     return out
 
 
@@ -380,14 +385,7 @@ def game_kernels(precision: str, device: str, coalitions: int = COALITIONS, repe
     with torch.inference_mode():
         for name, fn in (("matmuls", matmuls), ("attention", attention)):
             fn()
-            best = float("inf")
-            for _ in range(repeats):
-                sync(device)
-                t0 = clock()
-                fn()
-                sync(device)
-                best = min(best, clock() - t0)
-            out[name] = best
+            out[name] = best_seconds(fn, device, repeats)
     return out
 
 
