@@ -60,6 +60,11 @@ class FLI2MoEConfig(PreTrainedConfig):
             its name in earlier config files, is read as `fill`.)
         interaction_space (`str`, defaults to `"latent"`): where interaction losses compare the clean
             and perturbed passes: `latent` (pooled expert latents) or `logits`.
+        token_masking (`float`, defaults to 0.0): in training, each example draws a rate uniformly from
+            `[0, token_masking]` and each of its tokens is replaced by its modality's dataset-mean token (the
+            explanations' fill for an absent token) with that probability, so that the model reads the mean
+            token as "unknown" rather than as a value, in contexts as sparse as an interaction index samples.
+            `0` turns it off.
         mixture (`str`, defaults to `"interaction"`): `interaction` (M uniqueness experts, a synergy and a
             redundancy expert, a router) or `dense` (one expert, no router, no interaction loss).
         num_labels / id2label / label2id / problem_type: as in every transformers classifier;
@@ -93,6 +98,7 @@ class FLI2MoEConfig(PreTrainedConfig):
         triplet_margin: float = 1.0,
         fill: str | None = None,
         interaction_space: str = "latent",
+        token_masking: float = 0.0,
         mixture: str = "interaction",
         initializer_range: float = 0.02,
         replacement: str | None = None,
@@ -120,6 +126,7 @@ class FLI2MoEConfig(PreTrainedConfig):
         self.triplet_margin = triplet_margin
         self.fill = "noise" if fill is None else fill
         self.interaction_space = interaction_space
+        self.token_masking = token_masking
         self.mixture = mixture
         self.initializer_range = initializer_range
         # how a model was trained (data folder, training arguments) is not part of the model: config.json
@@ -212,6 +219,12 @@ class FLI2MoEConfig(PreTrainedConfig):
             isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0,
             "dropout",
             f"expected a float in [0, 1), got {self.dropout!r}",
+        )
+        _require(
+            isinstance(self.token_masking, (int, float)) and not isinstance(self.token_masking, bool)
+            and 0.0 <= self.token_masking <= 1.0,
+            "token_masking",
+            f"expected a float in [0, 1] (the largest per-example masking rate; 0 = off), got {self.token_masking!r}",
         )
         _require(
             isinstance(self.router_temperature, (int, float)) and self.router_temperature > 0,

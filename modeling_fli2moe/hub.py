@@ -334,10 +334,12 @@ def _card_body(
         "interaction loss weight (lambda_int)": cfg.get("interaction_loss_weight"),
         "knock-out fill": cfg.get("fill", cfg.get("replacement")),
         "interaction space": cfg.get("interaction_space"),
+        "token masking (largest per-example rate)": cfg.get("token_masking"),
         "dropout": cfg.get("dropout"),
         "router layers": cfg.get("router_layers"),
     }
-    hyper = {k: v for k, v in hyper.items() if v is not None and not (dense and k != "dropout")}
+    dense_keys = ("dropout", "token masking (largest per-example rate)")  # the others shape the mixture only
+    hyper = {k: v for k, v in hyper.items() if v is not None and not (dense and k not in dense_keys)}
     hyper.update(training_args)
     loss = (
         "The loss is the task loss (" + ("binary cross-entropy with logits" if multi_label else "cross-entropy") + ")"

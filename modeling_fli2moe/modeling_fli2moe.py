@@ -886,6 +886,22 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         mean = self.projections[name](getattr(self.modality_means, name).to(like.dtype))
         return mean.expand_as(like)
 
+    def mask_tokens(
+        self, projected: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Training-time token masking (`config.token_masking`): each example draws a rate from
+        `U(0, token_masking)` (shared by its modalities) and each of its projected tokens becomes its
+        modality's projected mean token with that probability: what an explanation's absent token is."""
+        any_x = projected[self.modality_names[0]]
+        device = any_x.device
+        rate = torch.rand(any_x.shape[0], 1, generator=generator, device=device) * self.config.token_masking
+        means = self.projected_modality_means()
+        out = {}
+        for name, tokens in projected.items():
+            drop = torch.rand(tokens.shape[:2], generator=generator, device=device) < rate
+            out[name] = torch.where(drop.unsqueeze(-1), means[name].to(tokens.dtype), tokens)
+        return out
+
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The classification (or regression) loss of transformers' sequence classifiers, in float32, after
         checking the labels' shape and values against `config.problem_type` (inferred on the first call when
@@ -971,7 +987,8 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
                 `model.set_attn_implementation("eager")`); the default `sdpa` does not compute them.
             compute_interaction_loss: run the knocked-out passes and add the interaction loss; default: when
                 `labels` are given and the mixture is `interaction`.
-            generator: random generator for the `noise` fill (global RNG when None).
+            generator: random generator for the `noise` fill and for token masking in training (global RNG
+                when None).
             return_dict: return an `FLI2MoEOutput` (default, `config.return_dict`) or a tuple of its
                 non-`None` fields in order.
 
@@ -994,6 +1011,8 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         if not output_attentions:  # attention maps keep every given position, for the explainers
             features, masks = self.trim_padding(features, masks)
         projected = self.project(features)
+        if self.training and self.config.token_masking > 0:
+            projected = self.mask_tokens(projected, generator)
         weights = self.route(projected, masks)
         if compute_interaction_loss is None:
             compute_interaction_loss = labels is not None

@@ -21,6 +21,8 @@ from .sequential_reference import sequential_forward
         ("mixture", "sparse", r"mixture: expected one of \['interaction', 'dense'\]"),
         ("num_heads", 5, r"num_heads: must divide hidden_size"),
         ("dropout", 1.5, r"dropout: expected a float in \[0, 1\)"),
+        ("token_masking", 1.5, r"token_masking: expected a float in \[0, 1\]"),
+        ("token_masking", True, r"token_masking: expected a float in \[0, 1\]"),
         ("router_layers", 0, r"router_layers"),
         ("router_temperature", 0.0, r"router_temperature"),
         ("problem_type", "ranking", r"problem_type: expected one of"),
@@ -106,6 +108,37 @@ def test_batched_model_equals_sequential_reference(overrides):
         torch.testing.assert_close(getattr(batched, key), reference[key], atol=1e-5, rtol=1e-4, msg=key)
     if cfg.mixture == "interaction":
         torch.testing.assert_close(batched.expert_interaction_losses, reference["expert_interaction_losses"], atol=1e-5, rtol=1e-4)
+
+
+def test_token_masking_replaces_tokens_by_the_projected_mean_in_training_only(generator):
+    """Each token is its own projection or its modality's projected mean token (the explanations' fill), at a
+    rate drawn per example from U(0, token_masking); eval mode and token_masking=0 leave every token."""
+    cfg = tiny_config(token_masking=1.0)
+    torch.manual_seed(0)
+    model = FLI2MoEModel(cfg)
+    model.set_modality_means({n: torch.randn(m["input_dim"]) for n, m in zip(cfg.modality_names, cfg.modalities)})
+    feats, masks = random_inputs(cfg, batch_size=64, tokens={"text": 40, "image": 40}, generator=generator)
+    projected = model.project(feats)
+    means = model.projected_modality_means()
+    masked = model.mask_tokens(projected, torch.Generator().manual_seed(3))
+    rates = []
+    for n in cfg.modality_names:
+        own = (masked[n] == projected[n]).all(-1)
+        fill = (masked[n] == means[n]).all(-1)
+        assert bool((own | fill).all())
+        rates.append(fill.float().mean(1))
+    # one rate per example, shared by the modalities: U(0, 1) has mean 1/2 and spreads over [0, 1]
+    per_example = (rates[0] + rates[1]) / 2
+    assert 0.4 < float(per_example.mean()) < 0.6 and float(per_example.min()) < 0.15 and float(per_example.max()) > 0.85
+    assert float(torch.corrcoef(torch.stack(rates))[0, 1]) > 0.8
+    labels = torch.zeros(64, dtype=torch.long)
+    train_out = model(feats, masks, labels=labels, generator=torch.Generator().manual_seed(3)).logits
+    model.config.token_masking = 0.0
+    plain = model(feats, masks, labels=labels).logits
+    assert not torch.allclose(train_out, plain)
+    model.config.token_masking = 1.0
+    model.eval()
+    torch.testing.assert_close(model(feats, masks).logits, plain)
 
 
 def test_interaction_loss_gradients_flow_through_knocked_out_passes(generator):
