@@ -190,6 +190,8 @@ class Explainer:
                 "features, not the raw input"
             )
 
+        notes.append(absence_note(cfg))
+
         out = example.model_output()
         logits = out.logits[0].float()
         multi = cfg.problem_type == "multi_label_classification"
@@ -342,3 +344,16 @@ def _token(tokens: Mapping[str, list[str]], modality: str, positions: Sequence[i
     return pieces[0].lstrip("\u0120\u2581") + "".join(
         p[2:] if p.startswith("##") else p.lstrip("\u0120\u2581") for p in pieces[1:]
     )
+
+
+def absence_note(config: Any) -> str:
+    """What an absent player means to this model: the games fill it with its modality's mean token, which a
+    model trained with token masking (`config.token_masking`) has learned to read as "unknown"; any other model
+    (trained before token masking, or without it) may read the mean token as a value."""
+    rate = float(getattr(config, "token_masking", 0.0) or 0.0)
+    if rate > 0:
+        return (f"absent tokens are the modality's mean token, which this model was trained to read as unknown "
+                f"(token masking at rates up to {rate:g})")
+    return ("absent tokens are the modality's mean token, and this model was trained without token masking: it may "
+            "read the mean token as a value rather than as unknown, so scores from sparse contexts can differ "
+            "from what the model does at the real input")

@@ -135,6 +135,7 @@ class Explanation:
         lines.append(f"budget spent: {self.evaluations} / {self.budget} coalition evaluations, {self.seconds:.1f} s")
         if self.feature_locality:
             lines.append("features: " + ", ".join(f"{m} {k}" for m, k in self.feature_locality.items()))
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ pictures
