@@ -48,20 +48,29 @@ DEMO_SPLITS = (0.6, 0.1, 0.3)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Make the planted benchmark, cache its features with the offline encoders, train FL-I2MoE."""
-    from .data import make_planted, save_planted
+    """Make the planted benchmark, cache its features with the offline encoders, train FL-I2MoE, explain."""
+    from .data import load_planted, make_planted, save_planted
+    from .feature_cache import cache_features, default_cache_dir
     from .training import load_run_config, run_training
 
-    t0 = time.time()
+    t0 = stage = time.time()
+
+    def stage_done(what: str) -> None:
+        nonlocal stage
+        now = time.time()
+        print(f"    {what} in {now - stage:.1f} s")
+        stage = now
+
     root = Path(args.output_dir)
     data_dir = root / "data"
     if not (data_dir / "dataset_dict.json").is_file():
-        print(f"[1/3] making the planted-interaction benchmark ({args.n_per_kind} examples per kind) in {data_dir}")
+        print(f"[1/4] making the planted-interaction benchmark ({args.n_per_kind} examples per kind) in {data_dir}")
         # a large test split: its synergy examples carrying the planted pair (half) number >= 40
         save_planted(make_planted(n_per_kind=args.n_per_kind, random_state=args.seed, split_fractions=DEMO_SPLITS),
                      data_dir)
     else:
-        print(f"[1/3] planted benchmark already at {data_dir}")
+        print(f"[1/4] planted benchmark already at {data_dir}")
+    stage_done("benchmark")
     config_path = Path(__file__).resolve().parent.parent / "hub_configs" / "planted.json"
     if not config_path.is_file():
         raise FileNotFoundError(
@@ -69,13 +78,20 @@ def _demo(args: argparse.Namespace) -> int:
             "elsewhere train with `fli2moe train --config <a run config>`"
         )
     overrides = [f"training.seed={args.seed}", *args.overrides]
-    print("[2/3] caching features with the offline encoders (MiniLM text, EfficientNet-Lite0 image), then training")
     config = load_run_config(config_path, overrides)
+    print("[2/4] caching features with the offline encoders (MiniLM text, EfficientNet-Lite0 image)")
+    cache_features(load_planted(data_dir), config.model, args.cache_dir or default_cache_dir())
+    stage_done("features")
+    print("[3/4] training FL-I2MoE with transformers.Trainer")
     # the demo retrains on every call: its own earlier checkpoint is replaced, not resumed
     result = run_training(config, data_dir=data_dir, output_dir=root / "fl_i2moe", cache_dir=args.cache_dir,
                           overwrite=True)
-    print(f"[3/3] done in {time.time() - t0:.0f} s")
     _print_result(result)
+    stage_done("training")
+    print("[4/4] explaining test examples")
+    _demo_explanations(result.output_dir, data_dir, args.cache_dir, args.seed)
+    stage_done("explanations")
+    print(f"done in {time.time() - t0:.0f} s")
     if args.space:
         import os
         import subprocess
@@ -86,6 +102,37 @@ def _demo(args: argparse.Namespace) -> int:
             env = dict(os.environ, FLI2MOE_CHECKPOINT=str(result.output_dir.resolve()), GRADIO_SERVER_PORT=str(args.port))
             return subprocess.call([sys.executable, str(app)], env=env)
     return 0
+
+
+#: test examples the demo's report.html covers (the first of each kind drawn)
+DEMO_REPORT_EXAMPLES = 8
+
+
+def _demo_explanations(checkpoint: Path, data_dir: Path, cache_dir: str | None, seed: int) -> None:
+    """The demo's last step: one synergy test example carrying the planted pair explained from its raw text
+    and image (as the README does), printed beside the planted truth, and `report.html` over a few test
+    examples (as `fli2moe explain` writes it)."""
+    from transformers import AutoModel
+
+    from .data import load_planted
+    from .explain import Explainer
+    from .explain.dataset_evaluation import run_dataset_explanation
+    from .processing_fli2moe import FLI2MoEProcessor
+
+    test = load_planted(data_dir)["test"]
+    row = next(r for r in test if r["kind"] == "synergy" and r["evidence_word"] and r["evidence_object"])
+    model = AutoModel.from_pretrained(checkpoint).eval()
+    explainer = Explainer(model, FLI2MoEProcessor.from_pretrained(checkpoint))
+    exp = explainer.explain(inputs={"text": row["text"], "image": row["image"]}, random_state=seed)
+    region = row["image_regions"][0]
+    print(f"test example {row['id']}: {row['text']!r}")
+    print(exp.summary())
+    print(f"planted truth: label {row['label']} (synergy: word AND object); the synergistic pair is the word "
+          f"{row['evidence_word']!r} x the {row['evidence_object']} in image region {region} (row {region // 7}, "
+          f"column {region % 7})")
+    numbers = run_dataset_explanation(checkpoint, split="test", limit=DEMO_REPORT_EXAMPLES, random_state=seed,
+                                      data_dir=str(data_dir), cache_dir=cache_dir)
+    print(f"report over {DEMO_REPORT_EXAMPLES} test examples: {numbers.parent / 'report.html'}")
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -139,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fli2moe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="the README's main job: planted benchmark, offline encoders, training")
+    demo = sub.add_parser("demo", help="the README's main job: planted benchmark, offline encoders, training, "
+                                       "an explanation")
     demo.add_argument("--output-dir", default="outputs/planted")
     demo.add_argument("--n-per-kind", type=int, default=300)
     demo.add_argument("--seed", type=int, default=0)
