@@ -85,6 +85,7 @@ def main() -> int:
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--probes", type=int, default=0, metavar="N", help="planted probes on the demo checkpoint")
+    parser.add_argument("--demo-args", default="", help="more arguments for `fli2moe demo`, e.g. '--seed 1'")
     parser.add_argument("--keep", default=None, help="folder for the demo's outputs and logs (default: a temporary one)")
     args = parser.parse_args()
     python = ROOT / ".venv" / "bin" / "python"
@@ -98,7 +99,7 @@ def main() -> int:
     if not args.skip_demo:
         # the README's command with a fresh output folder and a fresh feature cache (FLI2MOE_CACHE)
         env = dict(os.environ, FLI2MOE_CACHE=str(work / "cache"))
-        seconds, out, rc = run(["make", "demo", f"ARGS=--output-dir {work / 'planted'}"], env, work / "demo.log")
+        seconds, out, rc = run(["make", "demo", f"ARGS=--output-dir {work / 'planted'} {args.demo_args}".strip()], env, work / "demo.log")
         rows += demo_rows(out, seconds, rc)
         if args.probes and rc == 0:
             cmd = [str(python), "bench/planted_probes.py", "--checkpoint", str(work / "planted" / "fl_i2moe"),

@@ -1,9 +1,10 @@
 """The whole Explainer, end to end, against planted ground truth.
 
-A tiny FL-I2MoE is trained (real offline encoders on their local settings, real Trainer) on the
-synergy and redundancy kinds of a small planted benchmark; `Explainer.explain` at its defaults must
-then rank the planted (word, region) pair first: by SII in the synergy examples that carry it, by RG in
-the redundancy examples that carry it (both presence-coded cues present).
+The demo's FL-I2MoE is trained (real offline encoders on their local settings, real Trainer, the shipped
+planted recipe with token masking) on the demo's planted benchmark; `Explainer.explain` at its defaults
+must then rank the planted (word, region) pair first: by SII in the synergy examples that carry it, by RG
+in the redundancy examples that carry it (both presence-coded cues present), and say that the model was
+trained to read an absent token as unknown.
 """
 
 from __future__ import annotations
@@ -22,21 +23,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def planted_run(tmp_path_factory):
+    from modeling_fli2moe.cli import DEMO_SPLITS
     from modeling_fli2moe.data import make_planted
     from modeling_fli2moe.feature_cache import cache_features
     from modeling_fli2moe.training import config_from_dict, run_training
 
     tmp = tmp_path_factory.mktemp("planted_e2e")
-    # 120 train examples per kind, 2-3 shapes per image: 120 steps of the planted config (at a higher
-    # learning rate) learn both rules; the checkpoint-scale run is bench/planted_probes.py. The config's
-    # dropout stays: without it, whether the small model also leans on spurious word-region pairs depended
-    # on the run (seed, thread count, CPU: 3/10 synergy hits in one such run, 10/10 in others)
-    ds = make_planted(160, random_state=3, kinds=("synergy", "redundancy"), n_objects=(2, 3),
-                      split_fractions=(0.75, 0.05, 0.2))
+    # the demo's run: its benchmark (`fli2moe demo`'s sizes and split, seed 0) and the shipped planted recipe
+    # (hub_configs/planted.json: token masking, fp32, its epochs and learning rate); bench/planted_probes.py
+    # scores the same checkpoint on 40 examples per kind. Smaller runs were fragile: on only the synergy and
+    # redundancy kinds a small model read the word cue off the caption's count of filler adjectives (the
+    # evidence word takes one's place) and SII ranked (filler adjective, planted region) first, right about
+    # that model; on a smaller four-kind set a model used the synergy pair as if redundant (SII ~ 0)
+    ds = make_planted(300, random_state=0, split_fractions=DEMO_SPLITS)
     data = json.loads((ROOT / "hub_configs" / "planted.json").read_text())
-    data["modalities"][1]["encoder"]["cell_size"] = 32  # 32 px crops: a quarter of the encoding time
-    data["training"].update(num_train_epochs=15, learning_rate=0.005, bf16=False, save_total_limit=1,
-                            logging_steps=50)
+    data["training"].update(save_total_limit=1, logging_steps=50)
     config = config_from_dict(data)
     # features first, so that the training time below is the training's
     cache_features(ds, config.model, tmp / "cache")
@@ -54,7 +55,7 @@ def test_explainer_finds_planted_pairs(planted_run):
 
     result, ds, seconds = planted_run
     print(f"planted end-to-end: training {seconds:.0f} s, test accuracy {result.test_metrics['test_accuracy']:.3f}")
-    assert result.test_metrics.get("test_accuracy", 0) >= 0.95, result.test_metrics
+    assert result.test_metrics.get("test_accuracy", 0) >= 0.97, result.test_metrics
     model = AutoModel.from_pretrained(result.output_dir).eval()
     explainer = Explainer(model, FLI2MoEProcessor.from_pretrained(result.output_dir))
     hits = {"synergy": [], "redundancy": []}
@@ -66,6 +67,7 @@ def test_explainer_finds_planted_pairs(planted_run):
                                     faithfulness=False, pair_masking=False)
             assert exp.feature_locality == {"text": "local", "image": "local"}
             assert exp.players == "words" and exp.n_contexts >= 30
+            assert any("trained to read as unknown" in note for note in exp.notes), exp.notes
             top = exp.synergy_pairs[0] if kind == "synergy" else exp.redundancy_pairs[0]
             hits[kind].append(is_planted_pair(top, row))
     assert sum(hits["synergy"]) >= 8 and sum(hits["redundancy"]) >= 8, hits
