@@ -70,6 +70,7 @@ def _demo(args: argparse.Namespace) -> int:
                      data_dir)
     else:
         print(f"[1/4] planted benchmark already at {data_dir}")
+    _demo_example(load_planted(data_dir)["test"])  # before the long stages: a split too small to explain fails now
     stage_done("benchmark")
     config_path = Path(__file__).resolve().parent.parent / "hub_configs" / "planted.json"
     if not config_path.is_file():
@@ -108,6 +109,16 @@ def _demo(args: argparse.Namespace) -> int:
 DEMO_REPORT_EXAMPLES = 8
 
 
+def _demo_example(test) -> int:
+    """The index of the first synergy test example that carries the planted pair (the one the demo explains)."""
+    cues = zip(test["kind"], test["evidence_word"], test["evidence_object"])
+    carrying = [i for i, (kind, word, obj) in enumerate(cues) if kind == "synergy" and word and obj]
+    if not carrying:
+        raise ValueError(f"the demo's test split has no synergy example carrying the planted pair ({len(test)} examples); "
+                         "use a larger --n-per-kind (the default is 300)")
+    return carrying[0]
+
+
 def _demo_explanations(checkpoint: Path, data_dir: Path, cache_dir: str | None, seed: int) -> None:
     """The demo's last step: one synergy test example carrying the planted pair explained from its raw text
     and image (as the README does), printed beside the planted truth, and `report.html` over a few test
@@ -120,7 +131,7 @@ def _demo_explanations(checkpoint: Path, data_dir: Path, cache_dir: str | None, 
     from .processing_fli2moe import FLI2MoEProcessor
 
     test = load_planted(data_dir)["test"]
-    row = next(r for r in test if r["kind"] == "synergy" and r["evidence_word"] and r["evidence_object"])
+    row = test[_demo_example(test)]
     model = AutoModel.from_pretrained(checkpoint).eval()
     explainer = Explainer(model, FLI2MoEProcessor.from_pretrained(checkpoint))
     exp = explainer.explain(inputs={"text": row["text"], "image": row["image"]}, random_state=seed)

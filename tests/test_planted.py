@@ -242,3 +242,14 @@ def test_is_planted_pair_accepts_the_word_and_a_region_within_one_cell():
     assert not is_planted_pair(pair(4, 3 * 7 + 5), row)  # two cells away
     assert not is_planted_pair(pair(5, 24), row)  # another word
     assert region_near(0, [8]) and not region_near(6, [7])  # (0, 6) and (1, 0) do not touch: no wrap-around
+
+
+def test_demo_explains_a_synergy_example_carrying_the_planted_pair():
+    from modeling_fli2moe.cli import _demo_example
+
+    test = make_planted(12, random_state=0, kinds=("unique-text", "synergy"))["test"]
+    row = test[_demo_example(test)]
+    assert row["kind"] == "synergy" and row["evidence_word"] and row["evidence_object"] and row["label"] == 1
+    without = make_planted(12, random_state=0, kinds=("unique-text", "redundancy"))["test"]
+    with pytest.raises(ValueError, match="no synergy example carrying the planted pair.*--n-per-kind"):
+        _demo_example(without)
