@@ -70,7 +70,8 @@ def _demo(args: argparse.Namespace) -> int:
                      data_dir)
     else:
         print(f"[1/4] planted benchmark already at {data_dir}")
-    _demo_example(load_planted(data_dir)["test"])  # before the long stages: a split too small to explain fails now
+    planted = load_planted(data_dir)
+    _demo_example(planted["test"])  # before the long stages: a split too small to explain fails now
     stage_done("benchmark")
     config_path = Path(__file__).resolve().parent.parent / "hub_configs" / "planted.json"
     if not config_path.is_file():
@@ -81,7 +82,7 @@ def _demo(args: argparse.Namespace) -> int:
     overrides = [f"training.seed={args.seed}", *args.overrides]
     config = load_run_config(config_path, overrides)
     print("[2/4] caching features with the offline encoders (MiniLM text, EfficientNet-Lite0 image)")
-    cache_features(load_planted(data_dir), config.model, args.cache_dir or default_cache_dir())
+    cache_features(planted, config.model, args.cache_dir or default_cache_dir())
     stage_done("features")
     print("[3/4] training FL-I2MoE with transformers.Trainer")
     # the demo retrains on every call: its own earlier checkpoint is replaced, not resumed
@@ -90,7 +91,7 @@ def _demo(args: argparse.Namespace) -> int:
     _print_result(result)
     stage_done("training")
     print("[4/4] explaining test examples")
-    _demo_explanations(result.output_dir, data_dir, args.cache_dir, args.seed)
+    _demo_explanations(result.output_dir, planted["test"], data_dir, args.cache_dir, args.seed)
     stage_done("explanations")
     print(f"done in {time.time() - t0:.0f} s")
     if args.space:
@@ -119,18 +120,16 @@ def _demo_example(test) -> int:
     return carrying[0]
 
 
-def _demo_explanations(checkpoint: Path, data_dir: Path, cache_dir: str | None, seed: int) -> None:
-    """The demo's last step: one synergy test example carrying the planted pair explained from its raw text
+def _demo_explanations(checkpoint: Path, test, data_dir: Path, cache_dir: str | None, seed: int) -> None:
+    """The demo's last step: one synergy example of the `test` split carrying the planted pair explained from its raw text
     and image (as the README does), printed beside the planted truth, and `report.html` over a few test
     examples (as `fli2moe explain` writes it)."""
     from transformers import AutoModel
 
-    from .data import load_planted
     from .explain import Explainer
     from .explain.dataset_evaluation import run_dataset_explanation
     from .processing_fli2moe import FLI2MoEProcessor
 
-    test = load_planted(data_dir)["test"]
     row = test[_demo_example(test)]
     model = AutoModel.from_pretrained(checkpoint).eval()
     explainer = Explainer(model, FLI2MoEProcessor.from_pretrained(checkpoint))

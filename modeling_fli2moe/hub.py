@@ -270,6 +270,10 @@ def make_model_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
+#: the model card's hyper-parameter row for `token_masking` (shown for dense models too)
+_TOKEN_MASKING_ROW = "token masking (largest per-example rate)"
+
+
 def _card_body(
     cfg: dict[str, Any],
     *,
@@ -334,11 +338,11 @@ def _card_body(
         "interaction loss weight (lambda_int)": cfg.get("interaction_loss_weight"),
         "knock-out fill": cfg.get("fill", cfg.get("replacement")),
         "interaction space": cfg.get("interaction_space"),
-        "token masking (largest per-example rate)": cfg.get("token_masking"),
+        _TOKEN_MASKING_ROW: cfg.get("token_masking"),
         "dropout": cfg.get("dropout"),
         "router layers": cfg.get("router_layers"),
     }
-    dense_keys = ("dropout", "token masking (largest per-example rate)")  # the others shape the mixture only
+    dense_keys = ("dropout", _TOKEN_MASKING_ROW)  # the others shape the mixture only
     hyper = {k: v for k, v in hyper.items() if v is not None and not (dense and k not in dense_keys)}
     hyper.update(training_args)
     loss = (
