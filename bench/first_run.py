@@ -30,17 +30,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 DEMO_SECONDS, DEMO_ACCURACY, TEST_SECONDS = 180.0, 0.97, 300.0
 
 
 def cpu_name() -> str:
-    flags = ""
+    from modeling_fli2moe.precision import cpu_flags
+
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        name = re.search(r"model name\s*:\s*(.*)", text).group(1)
-        flags = re.search(r"flags\s*:\s*(.*)", text).group(1).split()
+        name = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
     except (OSError, AttributeError):
         name = platform.processor() or "unknown CPU"
+    flags = cpu_flags()
     kind = "AMX" if "amx_tile" in flags else ("avx512_bf16" if "avx512_bf16" in flags else "no bf16 (AVX2)")
     return f"{name} ({kind}, {os.cpu_count()} cores)"
 

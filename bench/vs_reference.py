@@ -476,17 +476,6 @@ def smooth(curve: list[float], window: int = 10) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def fmt_time(s: float | None) -> str:
     if s is None:
         return "-"
@@ -523,7 +512,7 @@ def main() -> None:
         print(json.dumps(child_train(side, shape, args.paper_steps, args.device, args.reference)))
         return
 
-    from modeling_fli2moe.precision import bf16_supported
+    from modeling_fli2moe.precision import bf16_supported, cpu_flags
 
     parts = set(filter(None, args.only.split(","))) - set(filter(None, args.skip.split(",")))
     skip = {"small", "game", "paper", "curve"} - parts

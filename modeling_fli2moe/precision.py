@@ -6,11 +6,12 @@ import functools
 
 import torch
 
-__all__ = ["bf16_supported", "autocast_dtype_for"]
+__all__ = ["bf16_supported", "autocast_dtype_for", "cpu_flags"]
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_flags() -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from `/proc/cpuinfo` (empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
             return frozenset(flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split())
@@ -26,7 +27,7 @@ def bf16_supported(device: str | torch.device | None = None) -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if kind != "cpu":
         return False
-    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def autocast_dtype_for(device: str | torch.device) -> torch.dtype | None:
