@@ -1,4 +1,4 @@
-"""Dataset loaders (raw public layouts, nothing downloads) and the planted-interaction benchmark.
+"""Dataset loaders (raw public layouts, nothing downloads) and the two interaction benchmarks.
 
 ``LOADERS`` maps a config's loader name to its function, each returning a ``DatasetDict``
 with ``train``, ``validation`` and ``test``.
@@ -33,6 +33,12 @@ from .planted import (
     planted_label,
     region_near,
     save_planted,
+)
+from .tagged_photos import (
+    TAGGED_PHOTO_KINDS,
+    load_tagged_photos,
+    make_tagged_photos,
+    tagged_photos_label,
 )
 
 #: Loader registry: ``LOADERS[name](root, **options) -> DatasetDict``. ``"planted"`` takes a
@@ -84,5 +90,9 @@ __all__ = [
     "box_to_regions",
     "region_near",
     "is_planted_pair",
+    "TAGGED_PHOTO_KINDS",
+    "make_tagged_photos",
+    "load_tagged_photos",
+    "tagged_photos_label",
     "check_image",
 ]
