@@ -1,5 +1,9 @@
 """Do the explanations find what was planted? The Explainer at its defaults on a planted checkpoint.
 
+Runs on either benchmark with recorded truth: the planted one (a `save_planted` folder) or the
+tagged-photos one (an MMHS150K-layout folder written by `make_tagged_photos`, read by the MMHS150K loader;
+picked when the data folder holds `tagged_photos_truth.json`).
+
 For the synergy and redundancy examples of the planted test split (and the uniqueness kinds for the
 experts' own-modality share), with `Explainer` at its shipped defaults unless a flag changes one:
 
@@ -10,6 +14,8 @@ experts' own-modality share), with `Explainer` at its shipped defaults unless a 
 - masking the top-1 pair by SII / by RG against random pairs (paired Wilcoxon), in the score's own kind
   (SII: synergy examples, RG: redundancy examples) and over both kinds together;
 - own-modality attribution share of each uniqueness expert (all kinds, and its own kind);
+- prior gap: |p(target) with the true pair masked - the kind's training label rate of the target class|,
+  mean per kind (an absence the model reads as "unknown" moves the prediction to its prior: gap near 0);
 - the occlusion check: masking the planted pair drops p(target) by >= 0.1 (the model uses it), and
   the hit rates restricted to the examples where it holds; and the stricter check that masking each
   planted token *alone* moves p(target) by >= 0.1 (the model needs both: otherwise a synergy pair is
@@ -84,7 +90,7 @@ def agrees_with_reference(pair: tuple[int, int], ref, key: str) -> tuple[bool, b
     return got == top, bool(values[top] - values[got] <= 2 * np.hypot(errors[top], errors[got]))
 
 
-def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
+def run(ckpt: Path, rows_by_kind: dict, args, label: str, rates: dict[str, float]) -> dict:
     from transformers import AutoModel
 
     import modeling_fli2moe  # noqa: F401
@@ -103,7 +109,8 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
     fidelity = {key: {"strict": [], "resolved": [], "own strict": [], "own resolved": []}
                 for key in ("sii", "redundancy_gap")}
     recall = {"text": [], "image": []}
-    used = []
+    used: dict[str, list[bool]] = {}
+    prior_gap: dict[str, list[float]] = {}
     needs_both: dict[str, list[bool]] = {}
     hits_both: dict[str, list[bool]] = {}
     drops = {"sii": ([], []), "redundancy_gap": ([], [])}
@@ -143,8 +150,12 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
             recall["image"].append(any(region_near(p, row["image_regions"]) for p in cand.get("image", [])))
             coalition = torch.ones(1, game.n_players, dtype=torch.bool)
             coalition[0, text_p + image_p] = False
-            holds = bool(text_p and image_p) and game.value_full - float(game(coalition)[0]) >= OCCLUSION_DROP
-            used.append(holds)
+            masked = float(game(coalition)[0])
+            holds = bool(text_p and image_p) and game.value_full - masked >= OCCLUSION_DROP
+            target = int(game.target[0])
+            prior = rates[kind] if target == 1 else 1.0 - rates[kind]
+            prior_gap.setdefault(kind, []).append(abs(masked - prior))
+            used.setdefault(kind, []).append(holds)
             alone = []
             for players in (text_p, image_p):
                 single = torch.ones(1, game.n_players, dtype=torch.bool)
@@ -193,7 +204,10 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
         "top-RG pair = planted, redundancy": frac(hits["redundancy"]),
         "text candidate recall": frac(recall["text"]),
         "image candidate recall": frac(recall["image"]),
-        "occlusion check holds": frac(used),
+        "occlusion check holds (synergy / redundancy)": (frac(used.get("synergy", [])),
+                                                         frac(used.get("redundancy", []))),
+        "prior gap with the true pair masked (synergy / redundancy)": tuple(
+            round(float(np.mean(prior_gap[k])), 3) if prior_gap.get(k) else None for k in ("synergy", "redundancy")),
         "top-SII hit where the check holds": frac(hits_used["synergy"]),
         "top-RG hit where the check holds": frac(hits_used["redundancy"]),
         "each planted token alone moves p(target) >= 0.1 (synergy / redundancy)": (
@@ -220,7 +234,44 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str) -> dict:
         report[f"masking top-1 by {key}"] = {"ranked": round(float(np.mean(ranked)), 4),
                                              "random": round(float(np.mean(random)), 4), "n": len(ranked),
                                              "p": test.get("p_value")}
+
+    def mean(x):
+        return float(np.mean(x)) if x else float("nan")
+
+    # the figures the per-seed tables compare with their targets, as numbers
+    report["figures"] = {
+        "pair matters (synergy)": mean(used.get("synergy", [])),
+        "pair matters (redundancy)": mean(used.get("redundancy", [])),
+        "top SII = true": mean(hits["synergy"]),
+        "top RG = true": mean(hits["redundancy"]),
+        "top SII = true where it matters": mean(hits_used["synergy"]),
+        "top RG = true where it matters": mean(hits_used["redundancy"]),
+        "masking p (SII)": report["masking top-1 by sii, synergy examples"]["p"],
+        "masking p (RG)": report["masking top-1 by redundancy_gap, redundancy examples"]["p"],
+        "prior gap (synergy)": mean(prior_gap.get("synergy", [])),
+        "prior gap (redundancy)": mean(prior_gap.get("redundancy", [])),
+        "seconds per example": float(np.median(seconds)) if seconds else float("nan"),
+    }
     return report
+
+
+def load_rows(data_dir: Path, n: int) -> dict:
+    """The first `n` test examples per kind with their truth, the kinds present, and each kind's training
+    label rate."""
+    from modeling_fli2moe.data import load_planted
+    from modeling_fli2moe.data.tagged_photos import load_tagged_photos
+
+    load = load_tagged_photos if (data_dir / "tagged_photos_truth.json").is_file() else load_planted
+    data = load(data_dir)
+    test = data["test"]
+    train = data["train"].select_columns(["kind", "label"])
+    rates = {k: float(np.mean([r["label"] for r in train if r["kind"] == k])) for k in set(train["kind"])}
+    # synergy and redundancy: the examples that carry the true pair (on the planted benchmark, both
+    # presence-coded cues; every tagged-photos example carries it)
+    pair_kinds = ("synergy", "redundancy")
+    rows_by_kind = {k: [r for r in test if r["kind"] == k and (k not in pair_kinds or r["text_positions"] and r["image_regions"])]
+                    [:n] for k in ("synergy", "redundancy", "unique-text", "unique-image")}
+    return {"rows_by_kind": rows_by_kind, "rates": rates, "kinds": [k for k, v in rows_by_kind.items() if v]}
 
 
 def main() -> None:
@@ -241,18 +292,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    from modeling_fli2moe.data import load_planted
-
     ckpt = Path(args.checkpoint)
-    test = load_planted(args.data_dir or ckpt.parent / "data")["test"]
-    # synergy and redundancy: the examples that carry the planted pair (both presence-coded cues)
-    pair_kinds = ("synergy", "redundancy")
-    rows_by_kind = {k: [r for r in test if r["kind"] == k and (k not in pair_kinds or r["text_positions"] and r["image_regions"])]
-                    [: args.n] for k in ("synergy", "redundancy", "unique-text", "unique-image")}
-    reports = {"fl_i2moe": run(ckpt, rows_by_kind, args, "fl_i2moe")}
+    test = load_rows(Path(args.data_dir or ckpt.parent / "data"), args.n)
+    rows_by_kind, rates = test["rows_by_kind"], test["rates"]
+    args.kinds = [k for k in args.kinds if k in test["kinds"]]
+    reports = {"fl_i2moe": run(ckpt, rows_by_kind, args, "fl_i2moe", rates)}
     if args.dense:
         dense_args = argparse.Namespace(**{**vars(args), "reference_budget": 0})
-        reports["dense"] = run(Path(args.dense), rows_by_kind, dense_args, "dense")
+        reports["dense"] = run(Path(args.dense), rows_by_kind, dense_args, "dense", rates)
     for name, report in reports.items():
         print(f"== {name}")
         for key, value in report.items():
