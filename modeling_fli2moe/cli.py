@@ -13,7 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,7 +99,6 @@ def _demo(args: argparse.Namespace) -> int:
     stage_done("explanations")
     print(f"done in {time.time() - t0:.0f} s")
     if args.space:
-        import os
         import subprocess
 
         app = Path(__file__).resolve().parent.parent / "spaces_app" / "app.py"
@@ -264,14 +267,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_line(argv: list[str], drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> str:
+    kept = [a for a in argv if a not in drop]
+    return " ".join(shlex.quote(a) for a in ["fli2moe", *kept, *(a for a in add if a not in kept)])
+
+
+def interrupted_note(args: argparse.Namespace, argv: list[str]) -> str:
+    """One line for an interrupted command: what it kept and the command that continues it."""
+    if args.command == "train":
+        from .training import find_resume_checkpoint
+
+        out = args.output_dir or f"outputs/{Path(args.config).stem}"
+        last = find_resume_checkpoint(out)
+        if last:
+            return (f"interrupted; the last checkpoint is {last}. Continue with: "
+                    f"{_command_line(argv, drop=('--overwrite',), add=('--resume',))}")
+        return ("interrupted before the first checkpoint; features already encoded stay in the cache. Start again "
+                f"with: {_command_line(argv, drop=('--resume',))}")
+    if args.command == "explain":
+        from .explain.dataset_evaluation import default_output_dir, run_progress
+
+        out = args.output_dir or default_output_dir(args.checkpoint)
+        progress = run_progress(out)
+        if progress and progress[0]:
+            return (f"interrupted; {progress[0]} of {progress[1]} examples are saved in {out}. Continue with: "
+                    f"{_command_line(argv)}")
+        return ("interrupted before the first example was saved; features already encoded stay in the cache. "
+                f"Start again with: {_command_line(argv)}")
+    return f"interrupted; what was finished is kept. Start again with: {_command_line(argv)}"
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # a termination request (a pre-empted job) stops like Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"fli2moe {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0") or 0) == 0:  # one line, not one per process
+            print(f"fli2moe {args.command}: {interrupted_note(args, argv)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

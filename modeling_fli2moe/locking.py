@@ -19,7 +19,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LockError", "FileLock", "lock_holder"]
+__all__ = ["LockError", "FileLock", "lock_holder", "LOCK_FILE", "output_lock"]
+
+#: The lock file of an output folder (a training run, an explanation run).
+LOCK_FILE = ".fli2moe.lock"
 
 
 class LockError(RuntimeError):
@@ -146,3 +149,8 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def output_lock(output_dir: str | os.PathLike) -> FileLock:
+    """The lock of an output folder: one run writes it at a time; a second is refused, naming the first."""
+    return FileLock(Path(output_dir) / LOCK_FILE, f"output folder {output_dir}")

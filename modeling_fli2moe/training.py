@@ -29,7 +29,7 @@ from transformers import Trainer, TrainingArguments
 
 from .configuration_fli2moe import FLI2MoEConfig
 from .integrity import CheckpointError, verify_checkpoint, write_json_atomic
-from .locking import FileLock
+from .locking import LOCK_FILE, output_lock
 from .modeling_fli2moe import FLI2MoEModel
 from .precision import bf16_supported
 from .run_record import RUN_FILE, read_run_record, run_dataset_section  # noqa: F401  (run_dataset_section: re-exported)
@@ -315,7 +315,6 @@ def selection_metric(run: RunConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------- run folders
-LOCK_FILE = ".fli2moe.lock"
 #: files and folders that mark a folder as holding (part of) a training run
 _RUN_MARKERS = (RUN_FILE, "model.safetensors", "trainer_state.json", "test_results.json")
 #: training keys that may change when a run is resumed (how long, how it logs); every other one may not
@@ -335,11 +334,6 @@ _CONFIG_BOOKKEEPING = {"transformers_version", "_name_or_path", "architectures",
 def is_main_process() -> bool:
     """The process that owns the output folder (rank 0 under `accelerate launch` / torchrun)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
-
-
-def output_lock(output_dir: str | os.PathLike) -> FileLock:
-    """The lock of an output folder: one run writes it at a time."""
-    return FileLock(Path(output_dir) / LOCK_FILE, f"output folder {output_dir}")
 
 
 def _run_contents(output_dir: Path) -> list[str]:

@@ -11,6 +11,7 @@ the same examples, side by side.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..locking import LOCK_FILE
 from ..run_record import run_dataset_section
 from .faithfulness import concentration, specificity
 from .pair_masking import paired_test
@@ -189,6 +191,107 @@ def aggregate(per_example: list[dict[str, Any]]) -> dict[str, Any]:
     return agg
 
 
+#: what an explanation run records about itself in its output folder, and its per-process result files
+RUN_FILE = "explain_run.json"
+RECORDS_FOLDER = "records"
+#: identity field -> the option that sets it (named when a resumed run asks for something else)
+IDENTITY_OPTIONS = {
+    "weights": "--checkpoint (its weights)",
+    "dense_weights": "--dense (its weights)",
+    "split": "--split",
+    "examples": "--limit (the number of examples)",
+    "data": "--data-dir (the split's examples)",
+    "budget": "--budget",
+    "n_candidates": "n_candidates",
+    "seed": "--seed",
+    "drawn": "--draw",
+}
+
+
+def default_output_dir(checkpoint: str | os.PathLike) -> Path:
+    """Where `fli2moe explain` writes when no output folder is given."""
+    return Path(checkpoint) / "explain"
+
+
+def _weights_digest(checkpoint: str | os.PathLike | None) -> str | None:
+    if checkpoint is None:
+        return None
+    from ..integrity import sha256_file, weight_files
+
+    folder = Path(checkpoint)
+    if not folder.is_dir():  # a Hub id: its name stands for it
+        return str(checkpoint)
+    digest = hashlib.sha256()
+    for name in weight_files(folder):
+        if (folder / name).is_file():
+            digest.update(f"{name}:{sha256_file(folder / name)};".encode())
+    return digest.hexdigest()
+
+
+def _data_digest(data, n: int) -> str:
+    """The examples a run explains: their ids (or row order) and labels."""
+    cols = [c for c in ("id", "label", "labels", "kind") if c in data.column_names]
+    part = data.select_columns(cols).select(range(n)).to_dict() if cols and n else {}
+    return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_identity(checkpoint, dense_checkpoint, split: str, data, n: int, budget: int, n_candidates: int,
+                 random_state: int, n_drawn: int) -> dict[str, Any]:
+    """Everything the numbers of an explanation run depend on; a resumed run must match it exactly."""
+    return {"weights": _weights_digest(checkpoint), "dense_weights": _weights_digest(dense_checkpoint),
+            "split": split, "examples": n, "data": _data_digest(data, n), "budget": budget,
+            "n_candidates": n_candidates, "seed": random_state, "drawn": n_drawn}
+
+
+def _start_or_check_run(out: Path, identity: dict[str, Any], paths: dict[str, Any]) -> None:
+    """Record a new run's identity, or check that the folder's run is this one (a difference is refused, named)."""
+    from ..integrity import write_json_atomic
+    from ..records import repair_records
+
+    path = out / RUN_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        before = saved.get("identity") or {}
+        diffs = [k for k in sorted(set(before) | set(identity)) if before.get(k) != identity.get(k)]
+        if diffs:
+            named = "; ".join(f"{IDENTITY_OPTIONS.get(k, k)}: started with {before.get(k)!r}, now {identity.get(k)!r}"
+                              for k in diffs)
+            raise ValueError(
+                f"{out} holds an explanation run started with other settings ({named}). Run the same command as "
+                f"before to continue it, or choose another --output-dir (or delete {out} to start over)."
+            )
+        for file in sorted((out / RECORDS_FOLDER).glob("*.jsonl")):
+            repair_records(file)
+        return
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
+        raise FileExistsError(
+            f"{out} is not empty and holds no explanation run ({RUN_FILE} is missing); choose an empty or new "
+            "--output-dir"
+        )
+    write_json_atomic(path, {"identity": identity, **paths})
+
+
+def saved_records(out: str | os.PathLike) -> dict[tuple[str, int], dict[str, Any]]:
+    """The finished examples of the run in `out`, by (model, index): every process's records file."""
+    from ..records import read_records
+
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    for file in sorted((Path(out) / RECORDS_FOLDER).glob("*.jsonl")):
+        for record in read_records(file):
+            done.setdefault((record["model"], int(record["index"])), record)
+    return done
+
+
+def run_progress(out: str | os.PathLike) -> tuple[int, int] | None:
+    """(examples saved, examples in the run) of the explanation run in `out`; None when there is none."""
+    path = Path(out) / RUN_FILE
+    if not path.is_file():
+        return None
+    identity = json.loads(path.read_text(encoding="utf-8"))["identity"]
+    n_models = 1 + (identity.get("dense_weights") is not None)
+    return len(saved_records(out)), identity["examples"] * n_models
+
+
 def run_dataset_explanation(
     checkpoint: str | os.PathLike,
     *,
@@ -205,9 +308,16 @@ def run_dataset_explanation(
 ) -> Path | None:
     """Explain a split of the checkpoint's dataset; returns the report path (on the main process).
 
+    Each finished example is appended to a records file in the output folder as it is done, so an
+    interrupted run continues where it stopped when the same call is made again (its settings are checked
+    against the ones the folder was started with; a difference is refused, named). The final files are
+    built from the records alone: a resumed run writes the same numbers as an uninterrupted one.
     `n_drawn` examples (one of each kind first, where the data has a ``kind`` column) keep their whole
     explanation, drawn in `report.html`."""
     from accelerate import PartialState
+
+    from ..locking import output_lock
+    from ..records import RecordWriter
 
     state = PartialState(cpu=not torch.cuda.is_available())
     models = {"fl_i2moe": _load(checkpoint)}
@@ -216,34 +326,59 @@ def run_dataset_explanation(
     with state.main_process_first():
         raw, data = _cached_split(models["fl_i2moe"], split, data_dir, cache_dir)
     n = len(data) if limit is None else min(limit, len(data))
-    indices = list(range(n))
-    drawn = drawn_indices(data, n, n_drawn)
-    tokens = _token_strings(models["fl_i2moe"].config, raw, drawn)
-    drawn = set(drawn)
-    results: dict[str, list] = {}
-    with state.split_between_processes(indices) as mine:
-        for name, model in models.items():
+    out = Path(output_dir) if output_dir is not None else default_output_dir(checkpoint)
+    identity = run_identity(checkpoint, dense_checkpoint, split, data, n, budget, n_candidates, random_state, n_drawn)
+    lock = output_lock(out).acquire() if state.is_main_process else None
+    try:
+        if state.is_main_process:
+            _start_or_check_run(out, identity, {"checkpoint": str(checkpoint),
+                                                "dense_checkpoint": str(dense_checkpoint) if dense_checkpoint else None})
+        state.wait_for_everyone()
+        done = saved_records(out)
+        state.wait_for_everyone()  # every process has read the records before any appends
+        drawn = drawn_indices(data, n, n_drawn)
+        todo = [(name, i) for name in models for i in range(n) if (name, i) not in done]
+        if done and state.is_main_process:
+            logger.info("%s: %d of %d examples already explained; continuing with the other %d", out, len(done),
+                        len(done) + len(todo), len(todo))
+        tokens = _token_strings(models["fl_i2moe"].config, raw, sorted({i for _, i in todo} & set(drawn)))
+        for model in models.values():
             model.to(state.device)
-            rows = []
-            for i in tqdm(mine, desc=f"explaining {split} ({name})", disable=not state.is_local_main_process):
-                row = explain_example(model, data[i], budget, n_candidates, random_state + i,
-                                      keep_explanation=i in drawn, tokens=tokens.get(i))
-                rows.append({"index": i, **row})
-            results[name] = rows
-    if state.num_processes > 1:
-        from accelerate.utils import gather_object
+        single = state.num_processes == 1
+        with state.split_between_processes(todo) as mine, \
+                RecordWriter(out / RECORDS_FOLDER / f"process-{state.process_index}.jsonl") as writer:
+            with tqdm(total=len(mine) + (len(done) if single else 0), initial=len(done) if single else 0,
+                      desc=f"explaining {split}", unit="example", disable=not state.is_local_main_process) as bar:
+                for name, i in mine:
+                    row = explain_example(models[name], data[i], budget, n_candidates, random_state + i,
+                                          keep_explanation=i in drawn, tokens=tokens.get(i))
+                    writer.append({"model": name, "index": i, **row})
+                    bar.update()
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return None
+        return _write_outputs(out, saved_records(out), models, n, split, budget, checkpoint, dense_checkpoint, raw)
+    finally:
+        if lock is not None:
+            lock.release()
 
-        results = {k: gather_object(v) for k, v in results.items()}
-    if not state.is_main_process:
-        return None
+
+def _write_outputs(out: Path, records: dict[tuple[str, int], dict[str, Any]], models: dict[str, Any], n: int,
+                   split: str, budget: int, checkpoint, dense_checkpoint, raw) -> Path:
+    """The run's final files, from its records: `explain_report.json`, `per_example.json`, examples, figures,
+    `report.html`."""
+    missing = [(name, i) for name in models for i in range(n) if (name, i) not in records]
+    if missing:
+        raise RuntimeError(f"{len(missing)} examples have no record in {out / RECORDS_FOLDER} (first: {missing[0]}); "
+                           "run the same command again to explain them")
+    results = {name: [{k: v for k, v in records[(name, i)].items() if k != "model"} for i in range(n)]
+               for name in models}
     examples = _pop_explanations(results, raw, models["fl_i2moe"].config)
     report = {"checkpoint": str(checkpoint), "dense_checkpoint": str(dense_checkpoint) if dense_checkpoint else None,
               "split": split, "n_examples": n, "budget": budget,
               "id2label": {str(k): v for k, v in models["fl_i2moe"].config.id2label.items()},
               "feature_locality": {name: rows[0]["feature_locality"] for name, rows in results.items() if rows},
               "models": {name: aggregate(rows) for name, rows in results.items()}}
-    out = Path(output_dir or Path(checkpoint) / "explain")
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "explain_report.json"
     path.write_text(json.dumps(report, indent=1))
     (out / "per_example.json").write_text(json.dumps(results))
