@@ -64,6 +64,22 @@ except ImportError:  # anywhere else: a no-op decorator
 
 
 DEFAULT_CHECKPOINT = ROOT / "outputs" / "planted" / "fl_i2moe"
+
+
+def _queue_setting(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"{name}={value!r}: expected a whole number >= 1")
+    return int(value)
+
+
+#: The queue. Two explanations run at once: one call is partly serial Python (encoding, drawing, JSON), so a
+#: second one fills the idle core; on 2 CPU cores that raised throughput at 8 users from 0.31-0.36 to
+#: 0.38-0.44 calls per second for about 150 MiB more memory (bench/space_load.py). At most QUEUE_SIZE
+#: requests wait; one more gets gradio's "Queue is full" answer at once rather than a wait without end.
+#: FLI2MOE_CONCURRENCY and FLI2MOE_QUEUE_SIZE override them (e.g. more at once on a GPU).
+CONCURRENCY = _queue_setting("FLI2MOE_CONCURRENCY", 2)
+QUEUE_SIZE = _queue_setting("FLI2MOE_QUEUE_SIZE", 16)
 MAX_IMAGE_PIXELS = 4096 * 4096
 EXPERT_ROLES = {
     "uniqueness_text": "Uniqueness (text): trained to rely on the caption alone; it must change when the text is removed and not when the image is.",
@@ -201,10 +217,7 @@ def _overlay(image: Image.Image, heat: np.ndarray) -> Image.Image:
 @gpu
 def explain(image, caption, budget, n_candidates, seed, progress=gr.Progress()):
     """Explain one image + caption; returns every output of the page."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: its global figure list is not thread-safe and keeps every figure
 
     service = SERVICE
     image, caption, notes_in = _check_inputs(image, caption, service)
@@ -227,7 +240,7 @@ def explain(image, caption, budget, n_candidates, seed, progress=gr.Progress()):
     notes = [feature_locality_note(exp.feature_locality)] if exp.feature_locality else []
     notes += list(notes_in) + list(exp.notes)
 
-    routing = plt.figure(figsize=(5, 2.6))
+    routing = Figure(figsize=(5, 2.6))
     ax = routing.add_subplot(111)
     names = list(exp.routing_weights)
     ax.barh(names, [exp.routing_weights[n] for n in names], color="#4c72b0")
@@ -271,9 +284,9 @@ def explain(image, caption, budget, n_candidates, seed, progress=gr.Progress()):
 
 
 def _masking_figure(exp):
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig = plt.figure(figsize=(5, 2.8))
+    fig = Figure(figsize=(5, 2.8))
     ax = fig.add_subplot(111)
     for key, label, style in (("sii", "top pairs by SII", "-o"), ("redundancy_gap", "top pairs by RG", "-s")):
         result = exp.pair_masking.get(key)
@@ -362,7 +375,9 @@ def build_demo() -> gr.Blocks:
             outputs=[label, routing, mixture_text, *expert_texts, heatmaps, pairs, synergy_plot, redundancy_plot,
                      masking, download, roles, status],
             api_name="explain",
+            concurrency_limit=CONCURRENCY,
         )
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
     return demo
 
 
@@ -388,5 +403,5 @@ SERVICE = ExplainerService(resolve_checkpoint())
 demo = build_demo()
 
 if __name__ == "__main__":
-    demo.queue().launch(show_error=True, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+    demo.launch(show_error=True, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from modeling_fli2moe.testing.servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
+QUEUE_SIZE = 8  # requests that may wait in the test server's queue (the app's default is 16)
+url_pid: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +47,18 @@ def planted_example(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint):
+def server(checkpoint, tmp_path_factory):
     port = free_port()
+    log = tmp_path_factory.mktemp("server") / "app.log"
     env = dict(os.environ, FLI2MOE_CHECKPOINT=str(checkpoint), GRADIO_SERVER_PORT=str(port),
-               GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "spaces_app" / "app.py")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for_port(proc, port, timeout=180, output=lambda: proc.stdout.read())
-    yield f"http://127.0.0.1:{port}/"
+               GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT), FLI2MOE_QUEUE_SIZE=str(QUEUE_SIZE))
+    with open(log, "w") as out:  # a file, not a pipe: a pipe nobody reads fills up and blocks the server
+        proc = subprocess.Popen([sys.executable, str(ROOT / "spaces_app" / "app.py")], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+    wait_for_port(proc, port, timeout=180, output=log.read_text)
+    url = f"http://127.0.0.1:{port}/"
+    url_pid[url] = proc.pid
+    yield url
     proc.terminate()
     try:
         proc.wait(timeout=20)
@@ -140,3 +147,50 @@ def test_api_refuses_a_negative_seed_naming_it(server, planted_example):
     client = Client(server, verbose=False)
     with pytest.raises(Exception, match="random_state"):
         client.predict(handle_file(str(path)), caption, 512, 4, -1, api_name="/explain")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def _explanation(result) -> dict:
+    exp = json.loads(Path(result[-3]).read_text())
+    exp.pop("seconds")  # a wall time
+    return exp
+
+
+def test_eight_concurrent_users_then_a_full_queue(server, planted_example, tmp_path):
+    """8 calls at once (4 inputs, each twice): all answer, equal inputs give equal results, memory stays bounded;
+    calls beyond the queue's size get gradio's "Queue is full" answer, not a hang."""
+    from gradio_client import Client, handle_file
+
+    path, caption, _ = planted_example
+    inputs = [(caption, 0), (caption, 1), ("a photo of nothing in particular", 0), (caption + " today", 2)]
+    client = Client(server, verbose=False)
+    before = _peak_rss_mib(url_pid[server])
+    jobs = [client.submit(handle_file(str(path)), text, 512, 2, seed, api_name="/explain")
+            for text, seed in inputs * 2]
+    from gradio_client.utils import Status
+
+    deadline = time.monotonic() + 60
+    while any(job.status().code in (Status.STARTING, Status.JOINING_QUEUE) for job in jobs):  # all 8 queued first
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    extra = [client.submit(handle_file(str(path)), caption, 512, 2, 9, api_name="/explain") for _ in range(4)]
+    results = [job.result(timeout=300) for job in jobs]
+    first, second = results[:4], results[4:]
+    for a, b in zip(first, second):
+        assert a[0] == b[0] and _explanation(a) == _explanation(b)
+    assert _explanation(first[0]) != _explanation(first[1])  # another seed, other estimates
+    refused = []
+    for job in extra:
+        try:
+            job.result(timeout=300)
+        except Exception as err:  # gradio_client's QueueError
+            refused.append(str(err))
+    assert refused and all("Queue is full" in r for r in refused), refused
+    assert _peak_rss_mib(url_pid[server]) - before < 1024, "8 concurrent calls grew the server by over 1 GiB"

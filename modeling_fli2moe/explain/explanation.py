@@ -148,18 +148,20 @@ class Explanation:
 
     def plot_tokens(self, modality: str = "text", heads: list[str] | None = None):
         """Token highlights, one row per head (darker = more important)."""
-        import matplotlib.pyplot as plt
+        from matplotlib import colormaps
+        from matplotlib.figure import Figure
 
         heads = heads or list(self.maps)
         tokens = self.tokens[modality]
-        fig, axes = plt.subplots(len(heads), 1, figsize=(min(2 + 0.7 * len(tokens), 16), 0.8 * len(heads) + 0.4), squeeze=False)
+        fig = Figure(figsize=(min(2 + 0.7 * len(tokens), 16), 0.8 * len(heads) + 0.4))
+        axes = fig.subplots(len(heads), 1, squeeze=False)
         for ax, head in zip(axes[:, 0], heads):
             scores = np.asarray(self.maps[head][modality], dtype=float)
             top = scores.max() if scores.size and scores.max() > 0 else 1.0
             x = 0.0
             for _, tok, s in shown_tokens(tokens, scores):
                 ax.text(x, 0.5, tok, fontsize=10, va="center", ha="left",
-                        bbox=dict(facecolor=plt.cm.Reds(float(s) / top * 0.85), edgecolor="none", pad=2))
+                        bbox=dict(facecolor=colormaps["Reds"](float(s) / top * 0.85), edgecolor="none", pad=2))
                 x += 0.012 * (len(tok) + 2)
             ax.set_xlim(0, max(x, 0.1))
             ax.set_axis_off()
@@ -169,11 +171,12 @@ class Explanation:
 
     def plot_heatmap(self, image, modality: str = "image", head: str = "mixture", ax=None, alpha: float = 0.5):
         """The image with the head's patch/region importance laid over it."""
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
 
         img = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)
         if ax is None:
-            fig, ax = plt.subplots(figsize=(4, 4))
+            fig = Figure(figsize=(4, 4))
+            ax = fig.subplots()
         else:
             fig = ax.figure
         h, w = img.shape[:2]
@@ -185,13 +188,15 @@ class Explanation:
 
     def plot_pairs(self, image, kind: str = "synergy", k: int = 5, text_modality: str = "text", image_modality: str = "image"):
         """Each top pair as a line from its caption token to its image region."""
-        import matplotlib.pyplot as plt
+        from matplotlib import colormaps
+        from matplotlib.figure import Figure
 
         pairs = (self.synergy_pairs if kind == "synergy" else self.redundancy_pairs)[:k]
         img = np.asarray(image.convert("RGB")) if hasattr(image, "convert") else np.asarray(image)
         h, w = img.shape[:2]
         rows, cols = self.grids[image_modality]
-        fig, (ax_t, ax_i) = plt.subplots(1, 2, figsize=(9, 4), gridspec_kw={"width_ratios": [1, 1.3]})
+        fig = Figure(figsize=(9, 4))
+        ax_t, ax_i = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
         tokens = [t for t in self.tokens[text_modality]]
         used = sorted({p.position_a if p.modality_a == text_modality else p.position_b for p in pairs})
         ax_t.set_xlim(0, 1)
@@ -203,7 +208,7 @@ class Explanation:
             y_of[pos] = y
         ax_i.imshow(img)
         ax_i.set_axis_off()
-        colors = plt.cm.tab10(np.arange(max(len(pairs), 1)) % 10)
+        colors = colormaps["tab10"](np.arange(max(len(pairs), 1)) % 10)
         from matplotlib.patches import ConnectionPatch, Rectangle
 
         for n, p in enumerate(pairs):
@@ -223,10 +228,11 @@ class Explanation:
 
     def plot_faithfulness(self, head: str = "mixture"):
         """Comprehensiveness and sufficiency against K%, for the map and for random tokens."""
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
 
         result = self.faithfulness.get(head)
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+        fig = Figure(figsize=(8, 3))
+        axes = fig.subplots(1, 2)
         if result is None:
             for ax in axes:
                 ax.set_axis_off()
