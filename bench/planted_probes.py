@@ -246,6 +246,9 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str, rates: dict[str, float
         "top RG = true": mean(hits["redundancy"]),
         "top SII = true where it matters": mean(hits_used["synergy"]),
         "top RG = true where it matters": mean(hits_used["redundancy"]),
+        # a synergy pair is synergistic in the model only where it needs both cues: each alone moves p(target)
+        "synergy pair needs both cues": mean(needs_both.get("synergy", [])),
+        "top SII = true where both are needed": mean(hits_both.get("synergy", [])),
         "masking p (SII)": report["masking top-1 by sii, synergy examples"]["p"],
         "masking p (RG)": report["masking top-1 by redundancy_gap, redundancy examples"]["p"],
         "prior gap (synergy)": mean(prior_gap.get("synergy", [])),
