@@ -15,11 +15,11 @@ import json
 import logging
 import os
 import shlex
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
+
+from .stop_request import install_handlers
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -297,16 +297,11 @@ def interrupted_note(args: argparse.Namespace, argv: list[str]) -> str:
     return f"interrupted; what was finished is kept. Start again with: {_command_line(argv)}"
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # a termination request (a pre-empted job) stops like Ctrl-C
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+    install_handlers()  # Ctrl-C and SIGTERM (a pre-empted job) stop a run with one line, below
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .configuration_fli2moe import FLI2MoEConfig
 from .integrity import CheckpointError, verify_checkpoint, write_json_atomic
 from .locking import LOCK_FILE, output_lock
+from .stop_request import raise_if_requested
 from .modeling_fli2moe import FLI2MoEModel
 from .precision import bf16_supported
 from .run_record import RUN_FILE, read_run_record, run_dataset_section  # noqa: F401  (run_dataset_section: re-exported)
@@ -579,6 +580,16 @@ def check_selection_metric(config: FLI2MoEConfig, metric: str, compute_metrics: 
         )
 
 
+class StopOnRequest(TrainerCallback):
+    """Stops `Trainer.train` at the next step after Ctrl-C or SIGTERM (see `stop_request`)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        raise_if_requested()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        raise_if_requested()
+
+
 class SafeCheckpointTrainer(Trainer):
     """`Trainer` whose checkpoints appear only when complete: each is written under a hidden temporary name
     (`.tmp-checkpoint-N/checkpoint-N`) and renamed to `checkpoint-N` once every file is on disk, so a full
@@ -718,6 +729,7 @@ def _run_training(
     cache_root = Path(cache_dir or ds_cfg.get("cache_dir") or default_cache_dir())
     with args.main_process_first(desc="feature cache"):
         cached = cache_features(raw_dataset, config, cache_root)
+    raise_if_requested()
     torch.manual_seed(args.seed)
     model = FLI2MoEModel(config)
     if init_from is None:
@@ -731,6 +743,7 @@ def _run_training(
         eval_dataset=cached["validation"],
         data_collator=FeatureCollator(config),
         compute_metrics=make_compute_metrics(config.problem_type),
+        callbacks=[StopOnRequest()],
     )
     train_out = trainer.train(resume_from_checkpoint=resume or None)
     test_metrics = trainer.evaluate(cached["test"], metric_key_prefix="test")

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..locking import LOCK_FILE
 from ..run_record import run_dataset_section
+from ..stop_request import raise_if_requested
 from .faithfulness import concentration, specificity
 from .pair_masking import paired_test
 
@@ -350,6 +351,7 @@ def run_dataset_explanation(
             with tqdm(total=len(mine) + (len(done) if single else 0), initial=len(done) if single else 0,
                       desc=f"explaining {split}", unit="example", disable=not state.is_local_main_process) as bar:
                 for name, i in mine:
+                    raise_if_requested()
                     row = explain_example(models[name], data[i], budget, n_candidates, random_state + i,
                                           keep_explanation=i in drawn, tokens=tokens.get(i))
                     writer.append({"model": name, "index": i, **row})
