@@ -19,7 +19,10 @@ experts' own-modality share), with `Explainer` at its shipped defaults unless a 
 - the occlusion check: masking the planted pair drops p(target) by >= 0.1 (the model uses it), and
   the hit rates restricted to the examples where it holds; and the stricter check that masking each
   planted token *alone* moves p(target) by >= 0.1 (the model needs both: otherwise a synergy pair is
-  not synergistic in the model), with the SII hit rate where it holds;
+  not synergistic in the model), with the SII hit rate where it holds; for redundancy, the model treats the
+  pair redundantly where masking the pair moves p(target) by >= 0.1 while masking either token alone does
+  not (either cue suffices), with the RG hit rate where it does (a model that reads the label from one cue
+  only has no redundant pair to find);
 - fidelity (with --reference-budget > 0): the default top SII / RG pair equals the top pair of a
   reference run over *all* cross-modal pairs (screened with shared contexts, the best 32 and the
   default's own top pairs re-estimated at --reference-budget evaluations); strictly, and up to the
@@ -113,6 +116,8 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str, rates: dict[str, float
     prior_gap: dict[str, list[float]] = {}
     needs_both: dict[str, list[bool]] = {}
     hits_both: dict[str, list[bool]] = {}
+    redundant: list[bool] = []
+    hits_redundant: list[bool] = []
     drops = {"sii": ([], []), "redundancy_gap": ([], [])}
     # the score's own kind: the top SII pair in the synergy examples, the top RG pair in the redundancy ones
     own_drops = {"sii": ([], []), "redundancy_gap": ([], [])}
@@ -169,6 +174,10 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str, rates: dict[str, float
                 hits_used[kind].append(is_planted_pair(top, row))
             if both:
                 hits_both.setdefault(kind, []).append(is_planted_pair(top, row))
+            if kind == "redundancy":
+                redundant.append(holds and not any(alone))
+                if redundant[-1]:
+                    hits_redundant.append(is_planted_pair(top, row))
             for key in drops:
                 masking = exp.pair_masking.get(key)
                 if masking is not None and masking.steps:
@@ -213,6 +222,8 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str, rates: dict[str, float
         "each planted token alone moves p(target) >= 0.1 (synergy / redundancy)": (
             frac(needs_both.get("synergy", [])), frac(needs_both.get("redundancy", []))),
         "top-SII hit where each planted token alone matters": frac(hits_both.get("synergy", [])),
+        "pair used redundantly (the pair moves p(target) >= 0.1, neither token alone does)": frac(redundant),
+        "top-RG hit where the pair is used redundantly": frac(hits_redundant),
         **{f"fidelity top-{name} vs all-pairs reference ({which})": frac(fidelity[key][which])
            for key, name in (("sii", "SII"), ("redundancy_gap", "RG"))
            for which in ("own strict", "own resolved", "strict", "resolved")},
@@ -249,6 +260,9 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str, rates: dict[str, float
         # a synergy pair is synergistic in the model only where it needs both cues: each alone moves p(target)
         "synergy pair needs both cues": mean(needs_both.get("synergy", [])),
         "top SII = true where both are needed": mean(hits_both.get("synergy", [])),
+        # likewise a redundancy pair is redundant in the model only where either cue alone suffices
+        "redundancy pair used redundantly": mean(redundant),
+        "top RG = true where used redundantly": mean(hits_redundant),
         "masking p (SII)": report["masking top-1 by sii, synergy examples"]["p"],
         "masking p (RG)": report["masking top-1 by redundancy_gap, redundancy examples"]["p"],
         "prior gap (synergy)": mean(prior_gap.get("synergy", [])),

@@ -40,7 +40,8 @@ TARGETS = (
     ("masking p (RG)", "<", 1e-3),
 )
 EXTRA = ("top SII = true where it matters", "top RG = true where it matters", "synergy pair needs both cues",
-         "top SII = true where both are needed", "prior gap (synergy)",
+         "top SII = true where both are needed", "redundancy pair used redundantly",
+         "top RG = true where used redundantly", "prior gap (synergy)",
          "prior gap (redundancy)", "seconds per example")
 #: benchmark -> (run config, examples per kind)
 BENCHMARKS = {"planted": ("planted.json", 300), "tagged_photos": ("tagged_photos.json", 1000)}

@@ -45,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(ROOT / "outputs" / "tagged_photos" / "data"))
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--config", default=str(ROOT / "hub_configs" / "tagged_photos.json"), help="run config")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     from sklearn.linear_model import LogisticRegression
@@ -54,7 +55,7 @@ def main() -> None:
     from modeling_fli2moe.feature_cache import cache_features, default_cache_dir
     from modeling_fli2moe.training import load_run_config
 
-    run = load_run_config(ROOT / "hub_configs" / "tagged_photos.json")
+    run = load_run_config(args.config)
     ds = load_tagged_photos(args.data_dir)
     cached = cache_features(ds, run.model, args.cache_dir or default_cache_dir())
     tr, te = arrays(cached["train"], ds["train"]), arrays(cached["test"], ds["test"])
