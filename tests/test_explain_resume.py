@@ -5,7 +5,6 @@ run into the same folder are handled; Ctrl-C anywhere prints one line that says 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import signal
@@ -19,6 +18,7 @@ import pytest
 from modeling_fli2moe.cli import main as cli_main
 from modeling_fli2moe.data import make_planted, save_planted
 from modeling_fli2moe.records import RecordWriter, read_records, repair_records
+from modeling_fli2moe.testing.compare import assert_same_values
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["hidden_size=16", "router_hidden_size=16", "num_heads=2", "training.per_device_train_batch_size=8",
@@ -98,31 +98,15 @@ def _message(stderr: str, command: str) -> str:
     return lines[0]
 
 
-def _same_values(a, b, where: str = "") -> None:
-    """Equal JSON values, floats within 1e-5 relative or 1e-7 absolute (for spreads of near-equal values): one
-    example's numbers can differ in the last bits when it is computed in another batch (another process's
-    shard), on CPUs whose kernels depend on the shape (an AMD EPYC with avx512_bf16: a routing weight
-    0.24998338520526886 against 0.24998340010643005)."""
-    if isinstance(a, float) or isinstance(b, float):
-        assert isinstance(a, (int, float)) and isinstance(b, (int, float)), where
-        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7) or (a != a and b != b), f"{where}: {a} != {b}"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), where
-        for key in a:
-            _same_values(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same_values(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 def _same_as_whole(out: Path, whole: Path) -> None:
     for name in FINAL_FILES:
         ours, theirs = (_without_wall_times(name, (d / name).read_bytes()) for d in (out, whole))
         if name.endswith(".json"):
-            _same_values(json.loads(ours), json.loads(theirs), name)
+            # floats within 1e-5 relative or 1e-7 absolute (for spreads of near-equal values): one example's
+            # numbers can differ in the last bits when computed in another batch (another process's shard), on
+            # CPUs whose kernels depend on the shape (an AMD EPYC with avx512_bf16: a routing weight
+            # 0.24998338520526886 against 0.24998340010643005)
+            assert_same_values(json.loads(ours), json.loads(theirs), name, rel_tol=1e-5, abs_tol=1e-7, nan_equal=True)
         else:
             assert ours == theirs, name
     n = int(LIMIT)

@@ -1,7 +1,6 @@
 """Explainer: one prepared example feeds every game; the explanation is pinned and round-trips as JSON."""
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from modeling_fli2moe import FLI2MoEModel
 from modeling_fli2moe.explain import Explainer, Explanation, ExplainedExample, FeatureGame
 from modeling_fli2moe.explain.faithfulness import FaithfulnessResult
 from modeling_fli2moe.explain.pair_masking import PairMaskingResult
+from modeling_fli2moe.testing.compare import assert_same_values
 from modeling_fli2moe.testing.models import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,18 +45,7 @@ def tiny_explanation(**options) -> Explanation:
 
 def assert_same(got, want, where="explanation"):
     """Equal structure, keys, strings and ints; floats equal up to float32 round-off across CPUs."""
-    if isinstance(want, dict):
-        assert isinstance(got, dict) and list(got) == list(want), where
-        for key in want:
-            assert_same(got[key], want[key], f"{where}.{key}")
-    elif isinstance(want, list):
-        assert isinstance(got, list) and len(got) == len(want), where
-        for i, (a, b) in enumerate(zip(got, want)):
-            assert_same(a, b, f"{where}[{i}]")
-    elif isinstance(want, float):
-        assert isinstance(got, (int, float)) and math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-6), (where, got, want)
-    else:
-        assert got == want and type(got) is type(want), (where, got, want)
+    assert_same_values(got, want, where, rel_tol=1e-5, abs_tol=1e-6)
 
 
 def test_explanation_is_the_pinned_one():
