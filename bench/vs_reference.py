@@ -263,6 +263,8 @@ class Ours(Side):
     def coalitions(self, shape: str, coalitions: int) -> Callable[[], None]:
         """`coalitions` random coalitions of one whole example (absent tokens take the projected
         dataset-mean token) through `coalition_logits`, whole mixture."""
+        from modeling_fli2moe.kernels import coalition_logits
+
         feats, _, _ = self._inputs(shape, 1)
         model = self.model.eval()
         with torch.inference_mode():
@@ -273,7 +275,7 @@ class Ours(Side):
 
         def run() -> None:
             with torch.inference_mode(), self.autocast(), self.eval_kernels():
-                model.coalition_logits(projected, fill, present)
+                coalition_logits(model, projected, fill, present)
 
         return run
 
@@ -349,13 +351,13 @@ def game_kernels(precision: str, device: str, coalitions: int = COALITIONS, repe
     """Seconds of the game's matmuls alone and of its attention alone (small shape, one whole example padded
     to a multiple of 16 tokens as the model pads it, rows chunked as the model chunks them): what the game
     costs if every other pass over the activations (LayerNorm, GELU, residuals, biases, copies) were free."""
-    from modeling_fli2moe.modeling_fli2moe import StackedExperts
+    from modeling_fli2moe import kernels
 
     t_text, t_image = SHAPES["small"]
     t = -(-(t_text + t_image) // 16) * 16
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     per_row = 4 * t * 3 * HIDDEN * (2 if precision == "bf16" else 4)
-    rows = max(1, StackedExperts.chunk_bytes // per_row)
+    rows = max(1, kernels.CHUNK_BYTES // per_row)
     chunks = -(-coalitions // rows)
     g = torch.Generator().manual_seed(0)
     make = lambda *shape: torch.randn(*shape, generator=g).to(device=device, dtype=dtype)  # noqa: E731

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_fli2moe import FLI2MoEModel
+from modeling_fli2moe import FLI2MoEModel, kernels
 from modeling_fli2moe.explain import Explainer, Explanation, ExplainedExample, FeatureGame
 from modeling_fli2moe.explain.faithfulness import FaithfulnessResult
 from modeling_fli2moe.explain.pair_masking import PairMaskingResult
@@ -76,7 +76,7 @@ def test_one_example_serves_every_game(monkeypatch):
     """One projection, one full forward, and two reference forwards (full and empty coalition) per head."""
     calls = {"project": 0, "forward": 0, "batch_of_one": 0}
     project, forward, logits = FLI2MoEModel.project, FLI2MoEModel.forward, FLI2MoEModel.head_logits_from_projected
-    coalitions = FLI2MoEModel.coalition_logits
+    coalitions = kernels.coalition_logits
 
     def counting(name, fn):
         def wrapped(self, *args, **kwargs):
@@ -88,14 +88,14 @@ def test_one_example_serves_every_game(monkeypatch):
         calls["batch_of_one"] += next(iter(projected.values())).shape[0] == 1
         return logits(self, projected, masks, head)
 
-    def counting_coalitions(self, projected, fill, present, masks=None, head="mixture"):  # the mean-fill games
+    def counting_coalitions(model, projected, fill, present, masks=None, head="mixture"):  # the mean-fill games
         calls["batch_of_one"] += next(iter(present.values())).shape[0] == 1
-        return coalitions(self, projected, fill, present, masks, head)
+        return coalitions(model, projected, fill, present, masks, head)
 
     monkeypatch.setattr(FLI2MoEModel, "project", counting("project", project))
     monkeypatch.setattr(FLI2MoEModel, "forward", counting("forward", forward))
     monkeypatch.setattr(FLI2MoEModel, "head_logits_from_projected", counting_logits)
-    monkeypatch.setattr(FLI2MoEModel, "coalition_logits", counting_coalitions)
+    monkeypatch.setattr(kernels, "coalition_logits", counting_coalitions)
     exp = tiny_explanation()
     heads = len(exp.maps)  # the mixture and every expert
     assert calls["forward"] == 1  # the prediction, routing and the maps' targets

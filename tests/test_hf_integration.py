@@ -48,9 +48,13 @@ def test_save_pretrained_writes_remote_code_and_auto_map(saved):
 
 
 def test_remote_code_in_a_fresh_process_without_the_package(saved):
+    """Without the package, a checkpoint's own two code files run the plain implementation: the logits of the
+    package's fast paths within float rounding, in fp32 and under bf16 autocast."""
     model, tmp, feats, masks = saved
-    with torch.no_grad():  # the remote side's path (inference pads the sequence, fuses the residuals)
+    with torch.no_grad():
         expected = model(feats, masks).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected_bf16 = model(feats, masks).logits.float()
     script = textwrap.dedent(
         f"""
         import importlib.abc, sys
@@ -70,8 +74,10 @@ def test_remote_code_in_a_fresh_process_without_the_package(saved):
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         inputs = torch.load({str(tmp / 'inputs.pt')!r})
         with torch.no_grad():
-            out = model(inputs["features"], inputs["masks"])
-        torch.save(out.logits, {str(tmp / 'remote_logits.pt')!r})
+            fp32 = model(inputs["features"], inputs["masks"]).logits
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = model(inputs["features"], inputs["masks"]).logits.float()
+        torch.save({{"fp32": fp32, "bf16": bf16}}, {str(tmp / 'remote_logits.pt')!r})
         print(model.config.id2label)
         """
     )
@@ -79,7 +85,18 @@ def test_remote_code_in_a_fresh_process_without_the_package(saved):
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     remote = torch.load(tmp / "remote_logits.pt")
-    assert torch.equal(remote, expected)
+    torch.testing.assert_close(remote["fp32"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(remote["bf16"], expected_bf16, atol=3e-2, rtol=3e-2)
+    assert not torch.equal(remote["fp32"], torch.zeros_like(remote["fp32"]))
+
+
+def test_remote_code_is_two_small_files(saved):
+    """What a `trust_remote_code` user downloads: the config file and the model file, 700 lines together."""
+    _, tmp, _, _ = saved
+    code = sorted(p.name for p in (tmp / "ckpt").glob("*.py"))
+    assert code == ["configuration_fli2moe.py", "modeling_fli2moe.py"]
+    lines = sum(len((tmp / "ckpt" / name).read_text().splitlines()) for name in code)
+    assert lines <= 700, lines
 
 
 def test_auto_classes_with_the_package_imported(saved):

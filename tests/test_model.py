@@ -16,7 +16,7 @@ from .sequential_reference import sequential_forward
 @pytest.mark.parametrize(
     "field, value, match",
     [
-        ("fill", "gauss", r"fill: expected one of \['noise', 'zero', 'mean'\]"),
+        ("fill", "gauss", r"fill: expected one of \['noise', 'zero', 'mean', 'remove'\]"),
         ("interaction_space", "hidden", r"interaction_space: expected one of \['latent', 'logits'\]"),
         ("mixture", "sparse", r"mixture: expected one of \['interaction', 'dense'\]"),
         ("num_heads", 5, r"num_heads: must divide hidden_size"),
@@ -46,16 +46,6 @@ def test_config_roundtrip_and_derived(tmp_path):
     again = FLI2MoEConfig.from_pretrained(tmp_path)
     assert again.modalities == cfg.modalities and again.id2label == cfg.id2label
     assert tiny_config(mixture="dense").num_experts == 1
-
-
-def test_config_reads_the_earlier_name_of_fill(tmp_path):
-    cfg = tiny_config(replacement="zero")
-    assert cfg.fill == "zero" and "replacement" not in cfg.to_dict()
-    cfg.save_pretrained(tmp_path)
-    assert FLI2MoEConfig.from_pretrained(tmp_path).fill == "zero"
-    assert tiny_config(fill="mean", replacement="mean").fill == "mean"
-    with pytest.raises(ValueError, match=r"fill='mean' and replacement='zero' \(its earlier name\) disagree"):
-        tiny_config(fill="mean", replacement="zero")
 
 
 # ------------------------------------------------------------------------------------------- model

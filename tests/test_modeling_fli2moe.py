@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from modeling_fli2moe import FLI2MoEConfig, FLI2MoEModel
+from modeling_fli2moe import kernels
+from modeling_fli2moe.kernels import ChunkedAttention, coalition_logits
 from modeling_fli2moe.modeling_fli2moe import (
-    ChunkedAttention,
     FLI2MoEOutput,
     ModalityMeans,
     StackedLayerNorm,
@@ -111,7 +112,7 @@ class FLI2MoEModelTester:
         out.loss.backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
 
-    def create_and_check_coalition_logits(self, config, features, masks, labels) -> None:
+    def create_and_check_coalition_logits(self, config, features, masks, labels, monkeypatch) -> None:
         """`coalition_logits` on coalitions of one example equals `head_logits_from_projected` on the
         coalitions built token by token, for every head, in fp32 and under bf16 autocast."""
         model = FLI2MoEModel(config).eval()
@@ -130,14 +131,14 @@ class FLI2MoEModelTester:
                 for dtype in (None, torch.bfloat16):
                     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
                         expected = model.head_logits_from_projected(built, {n: mask[n].expand(k, -1) for n in self.names}, head)
-                        got = model.coalition_logits(projected, fill, present, mask, head)
+                        got = coalition_logits(model, projected, fill, present, mask, head)
                     tol = dict(atol=1e-6, rtol=1e-5) if dtype is None else dict(atol=2e-2, rtol=2e-2)
                     torch.testing.assert_close(got.float(), expected.float(), **tol)
-            full = model.coalition_logits(projected, fill, {n: torch.ones(1, t, dtype=torch.bool) for n, t in zip(self.names, self.tokens)}, mask)
+            full = coalition_logits(model, projected, fill, {n: torch.ones(1, t, dtype=torch.bool) for n, t in zip(self.names, self.tokens)}, mask)
             torch.testing.assert_close(full, model.head_logits(one, mask), atol=1e-6, rtol=1e-5)
-            whole = model.coalition_logits(projected, fill, present, mask)
-            model.experts.chunk_bytes = 1  # one coalition per chunk
-            torch.testing.assert_close(model.coalition_logits(projected, fill, present, mask), whole, atol=1e-6, rtol=1e-5)
+            whole = coalition_logits(model, projected, fill, present, mask)
+            monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)  # one coalition per chunk
+            torch.testing.assert_close(coalition_logits(model, projected, fill, present, mask), whole, atol=1e-6, rtol=1e-5)
 
     def create_and_check_expert_heads(self, config, features, masks, labels) -> None:
         model = FLI2MoEModel(config).eval()
@@ -169,8 +170,8 @@ def test_expert_heads(tester):
     tester.create_and_check_expert_heads(*tester.prepare_config_and_inputs())
 
 
-def test_coalition_logits(tester):
-    tester.create_and_check_coalition_logits(*tester.prepare_config_and_inputs())
+def test_coalition_logits(tester, monkeypatch):
+    tester.create_and_check_coalition_logits(*tester.prepare_config_and_inputs(), monkeypatch)
 
 
 # -------------------------------------------------------------------------------------- common
@@ -332,7 +333,7 @@ EXPECTED_EXPERT_LOGITS_CLASS_0 = torch.tensor([
 
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
-def test_inference_in_chunks_of_rows_gives_the_outputs_of_one_pass(dtype):
+def test_inference_in_chunks_of_rows_gives_the_outputs_of_one_pass(dtype, monkeypatch):
     """Without an autograd graph the experts run a few rows at a time (cache-sized activations); any chunk
     size gives the logits and latents of one pass over the whole batch, and those of the graph-building pass
     (in bf16 up to rounding: with AMX, inference takes torch's flash-attention kernel instead)."""
@@ -342,14 +343,14 @@ def test_inference_in_chunks_of_rows_gives_the_outputs_of_one_pass(dtype):
     per_row = config.num_experts * sum(tester.tokens) * 3 * config.hidden_size * (4 if dtype is None else 2)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
         graph = model(features, masks)  # gradients enabled: one pass
-        assert model.experts.rows_per_chunk(config.num_experts, sum(tester.tokens), 2 if dtype else 4) >= 5
+        assert kernels.rows_per_chunk(config.hidden_size, config.num_experts, sum(tester.tokens), 2 if dtype else 4) >= 5
         with torch.no_grad():
             whole = model(features, masks)  # one chunk
         for name in ("logits", "expert_logits", "latents"):
             tol = {} if dtype is None else {"atol": 2e-2, "rtol": 2e-2}
             torch.testing.assert_close(getattr(whole, name), getattr(graph, name).detach(), **tol)
         for chunk_bytes in (1, 2 * per_row):  # 1 row per chunk; 2 rows (the last chunk shorter)
-            model.experts.chunk_bytes = chunk_bytes
+            monkeypatch.setattr(kernels, "CHUNK_BYTES", chunk_bytes)
             with torch.no_grad():
                 chunked = model(features, masks)
             for name in ("logits", "expert_logits", "latents"):
@@ -368,3 +369,38 @@ def test_logits_are_pinned(implementation):
         out = model(features, masks)
     torch.testing.assert_close(out.logits, EXPECTED_LOGITS, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.expert_logits[:, :, 0], EXPECTED_EXPERT_LOGITS_CLASS_0, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_paths_match_the_reference_implementation(dtype, monkeypatch):
+    """The package's fast experts (`kernels.experts_forward`) and the model file's own plain implementation (what
+    remote code runs without the package) give the same logits, losses and gradients, in training and inference;
+    the plain implementation also runs with the registered `fli2moe_cpu` attention."""
+    from modeling_fli2moe.modeling_fli2moe import StackedExperts
+
+    tester = FLI2MoEModelTester(batch_size=4)
+    config, features, masks, labels = tester.prepare_config_and_inputs()
+    torch.manual_seed(0)
+    model = FLI2MoEModel(config)
+    model.set_modality_means({n: torch.randn(d) for n, d in zip(tester.names, tester.dims)})
+
+    def run(implementation="sdpa"):
+        model.set_attn_implementation(implementation)
+        model.train().zero_grad()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            out = model(features, masks, labels=labels, generator=torch.Generator().manual_seed(1))
+            out.loss.backward()
+            with torch.no_grad():
+                inference = model.eval()(features, masks).logits.float()
+        return out.loss.float(), out.logits.float(), inference, {n: p.grad.float().clone() for n, p in model.named_parameters()}
+
+    assert StackedExperts.forward is kernels.experts_forward
+    fast = run()
+    monkeypatch.setattr(StackedExperts, "forward", kernels.reference_experts_forward)
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    for implementation in ("sdpa", kernels.ATTENTION_NAME):
+        reference = run(implementation)
+        for a, b in zip(fast[:3], reference[:3]):
+            torch.testing.assert_close(a, b, **tol)
+        for name, grad in fast[3].items():
+            torch.testing.assert_close(grad, reference[3][name], msg=name, **tol)

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ..configuration_fli2moe import ENCODER_TYPES
 from .base import EncoderOutput, FrozenEncoder
 from .cache_key import encoder_cache_key
 from .images import IMAGENET_MEAN, IMAGENET_STD, load_image
@@ -68,11 +69,10 @@ __all__ = [
 
 #: the encoder class of each spec ``type``
 ENCODER_CLASSES: dict[str, type[FrozenEncoder]] = {
-    "hf-text": HFTextEncoder,
-    "hf-vision": HFVisionEncoder,
-    "efficientnet-lite0": EfficientNetLite0Encoder,
-    "precomputed": PrecomputedEncoder,
+    cls.spec_type: cls for cls in (HFTextEncoder, HFVisionEncoder, EfficientNetLite0Encoder, PrecomputedEncoder)
 }
+if set(ENCODER_CLASSES) != set(ENCODER_TYPES):  # the config's list is the one list of encoder types
+    raise ImportError(f"encoder classes {sorted(ENCODER_CLASSES)} do not match the config's ENCODER_TYPES {ENCODER_TYPES}")
 
 
 def build_encoder(

@@ -47,6 +47,8 @@ class FrozenEncoder(nn.Module):
     """
 
     modality_kind: ClassVar[str] = "any"
+    #: the encoder spec's ``type`` (one of the config's ``ENCODER_TYPES``)
+    spec_type: ClassVar[str] = ""
     #: Examples per forward call inside a batch on CPU (None: the whole batch). Small micro-batches
     #: keep convolution activations in cache: EfficientNet-Lite0 runs ~2.4x faster at 4 than at 32.
     micro_batch: ClassVar[int | None] = None

@@ -21,6 +21,7 @@ class PrecomputedEncoder(FrozenEncoder):
     (or cut, with a warning) to ``max_tokens``; every real row is a player."""
 
     modality_kind = "precomputed"
+    spec_type = "precomputed"
 
     def __init__(self, spec: Mapping[str, Any], batch_size: int = 32) -> None:
         dim, max_tokens = spec.get("dim"), spec.get("max_tokens")

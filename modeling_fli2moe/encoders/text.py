@@ -22,6 +22,7 @@ class HFTextEncoder(FrozenEncoder):
     """Any transformers text model; last hidden layer, padded/truncated to ``max_tokens``."""
 
     modality_kind = "text"
+    spec_type = "hf-text"
 
     def __init__(self, spec: Mapping[str, Any], batch_size: int = 32) -> None:
         from transformers import AutoConfig, AutoModel, AutoTokenizer

@@ -26,6 +26,7 @@ class HFVisionEncoder(FrozenEncoder):
     leading CLS / register tokens dropped, preprocessed with the PIL-backend image processor."""
 
     modality_kind = "image"
+    spec_type = "hf-vision"
 
     def __init__(self, spec: Mapping[str, Any], batch_size: int = 32) -> None:
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
@@ -83,6 +84,7 @@ class EfficientNetLite0Encoder(FrozenEncoder):
     """EfficientNet-Lite0 (ImageNet): 224 x 224 input, final 1280 x 7 x 7 map -> 49 region tokens."""
 
     modality_kind = "image"
+    spec_type = "efficientnet-lite0"
     micro_batch = 4
 
     def __init__(self, spec: Mapping[str, Any], batch_size: int = 32) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import kernels
 from ..random_state import RandomState, check_random_state
 from ._utils import check_target, eval_mode, resolve_head, select_target, target_values
 from .example import ExplainedExample, Groups, resolve_player_mask, word_groups
@@ -318,8 +319,8 @@ class FeatureGame:
             always = torch.ones(k, 1, dtype=torch.bool, device=coalitions.device)
             present_cols = torch.cat([coalitions, always], dim=1)  # (k, n_players + 1)
             present = {n: present_cols[:, self._token_player[n]] for n in self.modality_names}  # (k, T) each
-            if self.fill == "mean" and hasattr(self.model, "coalition_logits"):  # older remote code lacks it
-                return self.model.coalition_logits(self._projected, self._fill, present, self._masks, self.head).float()
+            if self.fill == "mean":
+                return kernels.coalition_logits(self.model, self._projected, self._fill, present, self._masks, self.head).float()
             projected, masks = {}, {}
             for n in self.modality_names:
                 base_mask = self._masks[n].expand(k, -1)
