@@ -134,3 +134,17 @@ def test_checkpoint_with_another_shape_is_refused(saved):
     (tmp / "ckpt" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises((ValueError, RuntimeError), match=r"(?i)size|shape|mismatch"):
         AutoModel.from_pretrained(tmp / "ckpt")
+
+
+def test_a_checkpoint_written_before_the_remote_code_split_loads_with_identical_logits():
+    """`tests/data/checkpoint_921e1de`: a tiny checkpoint saved by the package at commit 921e1de (three remote-code
+    files, the kernels inside the model file; the code files are left out here), with its inputs and outputs."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    saved = torch.load(data / "checkpoint_921e1de_outputs.pt")
+    model = FLI2MoEModel.from_pretrained(data / "checkpoint_921e1de").eval()
+    with torch.no_grad():
+        out = model(saved["features"], saved["masks"])
+    assert torch.equal(out.logits, saved["logits"])
+    assert torch.equal(out.expert_logits, saved["expert_logits"])
