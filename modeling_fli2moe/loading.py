@@ -16,14 +16,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from .integrity import record_checkpoint, verify_checkpoint
 from .modeling_fli2moe import FLI2MoEPreTrainedModel
 
 __all__ = ["register"]
 
-_plain_from_pretrained = FLI2MoEPreTrainedModel.from_pretrained.__func__
-_plain_save_pretrained = FLI2MoEPreTrainedModel.save_pretrained
+_plain_from_pretrained = PreTrainedModel.from_pretrained.__func__
+_plain_save_pretrained = PreTrainedModel.save_pretrained
 
 
 def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, strict: bool = True, **kwargs: Any):
