@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from modeling_fli2moe.cli import main as cli_main
 from modeling_fli2moe.data import make_planted, save_planted
 from modeling_fli2moe.hub import push_checkpoint
-from modeling_fli2moe.training import load_run_config
+from modeling_fli2moe.run_config import load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
