@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .configuration_fli2moe import FLI2MoEConfig
-from .integrity import CheckpointError, verify_checkpoint, write_json_atomic
+from .integrity import ARCHITECTURE_FIELDS, WEIGHT_FIELDS, CheckpointError, verify_checkpoint, write_json_atomic
 from .locking import LOCK_FILE, output_lock
 from .modeling_fli2moe import FLI2MoEModel
 from .run_config import TRAINING_DEFAULTS, RunConfig, model_config
@@ -39,8 +39,6 @@ RESUMABLE_TRAINING_KEYS = frozenset({
 })  # fmt: skip
 #: dataset keys that are locations, not data (the data may move between machines)
 _RESUMABLE_DATASET_KEYS = frozenset({"data_dir", "cache_dir"})
-_RESUME_MODEL_KEYS = ("modalities", "hidden_size", "num_layers", "num_heads", "ffn_multiplier", "router_layers",
-                      "router_hidden_size", "mixture", "num_labels")  # fmt: skip
 _CONFIG_BOOKKEEPING = {"transformers_version", "_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype",
                        "model_type", "id2label", "label2id"}  # fmt: skip
 
@@ -227,7 +225,7 @@ def check_resume(resume: bool | str, output_dir: Path, config: RunConfig) -> str
     saved = _full_config(saved_run)
     current = _full_config(config)
     diffs = config_differences(saved, current)
-    arch = [k for k, _, _ in diffs if k in _RESUME_MODEL_KEYS]
+    arch = [k for k, _, _ in diffs if k in WEIGHT_FIELDS]
     if arch:
         raise ValueError(
             f"--resume: checkpoint {path} was trained with a different model ({', '.join(arch)} differ). "
@@ -265,11 +263,6 @@ def write_run_record(output_dir: Path, config: RunConfig, *, status: str, resume
 
 
 # ------------------------------------------------------------------------------ starting from a checkpoint
-#: config keys that shape the weights: a checkpoint fits only a config that agrees on all of them
-_ARCHITECTURE_KEYS = ("hidden_size", "num_layers", "num_heads", "ffn_multiplier", "router_layers",
-                      "router_hidden_size", "mixture")
-
-
 def _init_config(init_from: str | os.PathLike) -> FLI2MoEConfig:
     try:
         return FLI2MoEConfig.from_pretrained(os.fspath(init_from))
@@ -309,7 +302,7 @@ def check_init_from(init_from: str | os.PathLike, config: FLI2MoEConfig) -> FLI2
                     f"--init-from {init_from}: modality {name!r} has {key}={old.get(key)} in the checkpoint and "
                     f"{new.get(key)} in the config: {fix} (modalities[{i}].{key}={old.get(key)})."
                 )
-    diffs = {k: (getattr(source, k), getattr(config, k)) for k in _ARCHITECTURE_KEYS if getattr(source, k) != getattr(config, k)}
+    diffs = {k: (getattr(source, k), getattr(config, k)) for k in ARCHITECTURE_FIELDS if getattr(source, k) != getattr(config, k)}
     if diffs:
         shown = ", ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, (a, b) in diffs.items())
         overrides = " ".join(f"{k}={json.dumps(a)}" for k, (a, _) in diffs.items())

@@ -24,11 +24,16 @@ from typing import Any
 
 INTEGRITY_FILE = "checksums.json"
 INTEGRITY_FORMAT = 1
-#: config fields that change what the saved weights compute; editing one after saving is refused
-MODEL_FIELDS = (
-    "modalities", "hidden_size", "num_layers", "num_heads", "ffn_multiplier", "router_layers",
-    "router_hidden_size", "router_temperature", "mixture", "num_labels", "problem_type",
+#: The config fields that shape the weights, listed here once and used wherever a checkpoint is compared
+#: with a config. ARCHITECTURE_FIELDS: the model's size and layout (a checkpoint's tensors fit only a config
+#: that agrees on all of them); WEIGHT_FIELDS: with the modalities and the label count, all that the weights
+#: were trained for; MODEL_FIELDS: with the fields that change what the weights compute, the ones whose edit
+#: after saving is refused.
+ARCHITECTURE_FIELDS = (
+    "hidden_size", "num_layers", "num_heads", "ffn_multiplier", "router_layers", "router_hidden_size", "mixture",
 )  # fmt: skip
+WEIGHT_FIELDS = ("modalities", *ARCHITECTURE_FIELDS, "num_labels")
+MODEL_FIELDS = (*WEIGHT_FIELDS, "router_temperature", "problem_type")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -256,9 +261,11 @@ def verify_checkpoint(
 
 
 __all__ = [
+    "ARCHITECTURE_FIELDS",
     "CheckpointError",
     "INTEGRITY_FILE",
     "MODEL_FIELDS",
+    "WEIGHT_FIELDS",
     "check_safetensors",
     "model_fields",
     "record_checkpoint",
