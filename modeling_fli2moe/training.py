@@ -362,7 +362,7 @@ def _training_arguments(output_dir: Path, metric: str, bf16: bool, train_cfg: di
 def _finish_checkpoint(output_dir: Path, run: RunConfig, test_metrics: dict, args: TrainingArguments) -> None:
     """Processor files and the model card next to the weights, so the folder pushes as it is."""
     config = run.model
-    from .hub import write_model_card
+    from .model_card import write_model_card
     from .processing_fli2moe import FLI2MoEProcessor
 
     try:

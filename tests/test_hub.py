@@ -13,14 +13,8 @@ import yaml
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 
 from modeling_fli2moe.configuration_fli2moe import FLI2MoEConfig
-from modeling_fli2moe.hub import (
-    IGNORE_PATTERNS,
-    check_checkpoint_dir,
-    checkpoint_files,
-    make_model_card,
-    push_checkpoint,
-    write_model_card,
-)
+from modeling_fli2moe.hub import IGNORE_PATTERNS, check_checkpoint_dir, checkpoint_files, push_checkpoint
+from modeling_fli2moe.model_card import make_model_card, write_model_card
 
 AUTO_MAP = {
     "AutoConfig": "configuration_fli2moe.FLI2MoEConfig",
