@@ -126,10 +126,8 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
         return "trainer_state.json is missing"
     if not isinstance(_read_json(state), dict):
         return "trainer_state.json is not valid JSON"
-    if not (folder / "config.json").is_file():
-        return "config.json is missing"
     try:
-        verify_checkpoint(folder)
+        verify_checkpoint(folder)  # the model's files: config.json, the weights there and intact
     except (CheckpointError, FileNotFoundError) as err:
         return str(err)
     for path in sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth")) + sorted(folder.glob("*.bin")):

@@ -17,7 +17,7 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, HFValidationError, filter_repo_objects, validate_repo_id
 
-from .integrity import verify_checkpoint
+from .integrity import verify_checkpoint, weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,11 @@ def _remote_code_files(auto_map: Mapping[str, Any]) -> list[str]:
 def check_checkpoint_dir(checkpoint_dir: str | os.PathLike) -> list[str]:
     """Check that a folder is a pushable checkpoint; return the required files it has.
 
-    Required: `config.json` (with an `auto_map`), `model.safetensors` (or a sharded
-    `model.safetensors.index.json` and its shards), `README.md` (a model card with valid YAML) and the
-    remote-code `.py` files that `auto_map` names. Raises `FileNotFoundError` / `ValueError` naming every
-    problem and how to fix it.
+    The checkpoint itself is checked by `integrity.verify_checkpoint`, the one check of a checkpoint folder
+    (`config.json`, the weights there and intact, `config.json` as they were saved with). A push also needs the
+    model card (`README.md` with valid YAML) and, for `trust_remote_code`, an `auto_map` in `config.json` and the
+    remote-code `.py` files it names. Missing files raise one `FileNotFoundError` naming every problem and how
+    to fix it; damaged or edited files raise `CheckpointError`.
     """
     root = Path(checkpoint_dir)
     if not root.is_dir():
@@ -71,40 +72,19 @@ def check_checkpoint_dir(checkpoint_dir: str | os.PathLike) -> list[str]:
             "model.save_pretrained(folder)"
         )
     problems: list[str] = []
-    present: list[str] = []
+    try:
+        verify_checkpoint(root)
+    except FileNotFoundError as err:  # no config.json or weights: named together with what the push lacks
+        problems.append(str(err))
     resave = "re-save the model with model.save_pretrained(folder) after `import modeling_fli2moe`"
 
-    config_path = root / "config.json"
     auto_map: Mapping[str, Any] = {}
-    if not config_path.is_file():
-        problems.append(f"config.json is missing: {resave}")
-    else:
-        present.append("config.json")
-        try:
-            auto_map = json.loads(config_path.read_text(encoding="utf-8")).get("auto_map") or {}
-        except json.JSONDecodeError as err:
-            problems.append(f"config.json is not valid JSON ({err}): {resave}")
-        else:
-            if not auto_map:
-                problems.append(
-                    "config.json has no auto_map, so the checkpoint would not load with trust_remote_code=True: "
-                    + resave
-                )
-
-    if (root / "model.safetensors").is_file():
-        present.append("model.safetensors")
-    elif (root / "model.safetensors.index.json").is_file():
-        present.append("model.safetensors.index.json")
-        index = json.loads((root / "model.safetensors.index.json").read_text(encoding="utf-8"))
-        shards = sorted(set((index.get("weight_map") or {}).values()))
-        lost = [s for s in shards if not (root / s).is_file()]
-        if lost:
-            problems.append(f"weight shards {lost} named in model.safetensors.index.json are missing: {resave}")
-        present += [s for s in shards if s not in lost]
-    else:
-        other = sorted(p.name for p in root.glob("*.bin") if p.name.startswith("pytorch_model"))
-        hint = f" (found {other}: save with safe_serialization=True, the default)" if other else ""
-        problems.append(f"model.safetensors is missing{hint}: {resave}")
+    if (root / "config.json").is_file():  # valid JSON: verify_checkpoint refuses one that is not
+        auto_map = json.loads((root / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
+        if not auto_map:
+            problems.append(
+                "config.json has no auto_map, so the checkpoint would not load with trust_remote_code=True: " + resave
+            )
 
     readme = root / "README.md"
     if not readme.is_file():
@@ -113,24 +93,23 @@ def check_checkpoint_dir(checkpoint_dir: str | os.PathLike) -> list[str]:
             "config=model.config, test_metrics=..., dataset_name=...)"
         )
     else:
-        present.append("README.md")
         try:
             ModelCard.load(readme)
         except Exception as err:  # noqa: BLE001 - any parse failure means the card's YAML is unusable
             problems.append(f"README.md has invalid YAML metadata ({err}): rewrite it with write_model_card")
 
-    for name in _remote_code_files(auto_map):
-        if (root / name).is_file():
-            present.append(name)
-        else:
+    code_files = _remote_code_files(auto_map)
+    for name in code_files:
+        if not (root / name).is_file():
             problems.append(f"remote-code file {name} (named in config.json auto_map) is missing: {resave}")
 
     if problems:
         raise FileNotFoundError(
             f"checkpoint folder {root} cannot be pushed:\n- " + "\n- ".join(problems)
         )
-    verify_checkpoint(root)  # weights intact (framing, recorded checksum) and config.json as saved
-    return present
+    index = "model.safetensors.index.json"
+    weights = ([index] if (root / index).is_file() else []) + weight_files(root)
+    return ["config.json", *weights, "README.md", *code_files]
 
 
 def checkpoint_files(checkpoint_dir: str | os.PathLike) -> list[str]:

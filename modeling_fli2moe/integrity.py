@@ -7,6 +7,10 @@ file and what to do: a missing or empty folder, a missing or invalid `config.jso
 truncated or corrupt weights (checksum), and a `config.json` edited after saving (e.g. `num_heads`,
 whose weight shapes still fit).
 
+`verify_checkpoint` is the one check of a checkpoint folder's model files: resuming
+(`checkpoints.checkpoint_problem`), pushing (`hub.check_checkpoint_dir`) and building a Space call it and
+check only what they need besides.
+
 This file travels with checkpoints as remote code: it imports only the standard library.
 """
 
@@ -218,7 +222,7 @@ def verify_checkpoint(
     for fname in files:
         wpath = folder / fname
         if not wpath.is_file():
-            others = sorted(p.name for p in folder.glob("*.bin"))
+            others = sorted(p.name for p in folder.glob("pytorch_model*.bin"))  # not training_args.bin
             hint = f" (found {others}: this package saves and loads safetensors)" if others else ""
             raise FileNotFoundError(
                 f"checkpoint folder {folder} has no weights file {fname}{hint}; re-save the model with save_pretrained"

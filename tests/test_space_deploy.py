@@ -106,7 +106,7 @@ def test_build_for_a_hub_checkpoint_preloads_it(tmp_path):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda tmp: tmp / "empty-dir", "not an FL-I2MoE checkpoint folder"),
+        (lambda tmp: tmp / "empty-dir", "is empty: nothing was saved there"),
         (lambda tmp: "a/b/c", "neither an existing folder nor a Hub model id"),
     ],
 )
