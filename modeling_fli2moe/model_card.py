@@ -299,7 +299,7 @@ def _card_values(
     example = "{" + ", ".join(f'"{n}": {_example_value(m, kind)}' for n, m, kind in zip(names, modalities, kinds)) + "}"
     hyper = {
         "interaction loss weight (lambda_int)": cfg.get("interaction_loss_weight"),
-        "knock-out fill": cfg.get("fill", cfg.get("replacement")),
+        "knock-out fill": cfg.get("fill"),
         "interaction space": cfg.get("interaction_space"),
         _TOKEN_MASKING_ROW: cfg.get("token_masking"),
         "dropout": cfg.get("dropout"),
