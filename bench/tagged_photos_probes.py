@@ -53,7 +53,7 @@ def main() -> None:
 
     from modeling_fli2moe.data import load_tagged_photos
     from modeling_fli2moe.feature_cache import cache_features, default_cache_dir
-    from modeling_fli2moe.training import load_run_config
+    from modeling_fli2moe.run_config import load_run_config
 
     run = load_run_config(args.config)
     ds = load_tagged_photos(args.data_dir)

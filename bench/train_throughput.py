@@ -63,7 +63,7 @@ def _compare(name: str, model, encode, steps: int) -> None:
 def planted(steps: int) -> None:
     from modeling_fli2moe.data import make_planted
     from modeling_fli2moe.encoders import build_encoder
-    from modeling_fli2moe.training import load_run_config
+    from modeling_fli2moe.run_config import load_run_config
 
     cfg = load_run_config(ROOT / "hub_configs" / "planted.json").model
     rows = make_planted(n_per_kind=20, random_state=0)["train"].select(range(32))

@@ -23,7 +23,8 @@ from .stop_request import install_handlers
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .training import load_run_config, run_training
+    from .run_config import load_run_config
+    from .training import run_training
 
     if args.resume not in (None, "") and args.overwrite:
         raise ValueError("--resume and --overwrite contradict each other: continue the earlier run, or replace it")
@@ -55,7 +56,8 @@ def _demo(args: argparse.Namespace) -> int:
     """Make the planted benchmark, cache its features with the offline encoders, train FL-I2MoE, explain."""
     from .data import load_planted, make_planted, save_planted
     from .feature_cache import cache_features, default_cache_dir
-    from .training import load_run_config, run_training
+    from .run_config import load_run_config
+    from .training import run_training
 
     t0 = stage = time.time()
 
@@ -275,7 +277,7 @@ def _command_line(argv: list[str], drop: tuple[str, ...] = (), add: tuple[str, .
 def interrupted_note(args: argparse.Namespace, argv: list[str]) -> str:
     """One line for an interrupted command: what it kept and the command that continues it."""
     if args.command == "train":
-        from .training import find_resume_checkpoint
+        from .checkpoints import find_resume_checkpoint
 
         out = args.output_dir or f"outputs/{Path(args.config).stem}"
         last = find_resume_checkpoint(out)

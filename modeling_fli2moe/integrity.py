@@ -7,6 +7,10 @@ file and what to do: a missing or empty folder, a missing or invalid `config.jso
 truncated or corrupt weights (checksum), and a `config.json` edited after saving (e.g. `num_heads`,
 whose weight shapes still fit).
 
+`verify_checkpoint` is the one check of a checkpoint folder's model files: resuming
+(`checkpoints.checkpoint_problem`), pushing (`hub.check_checkpoint_dir`) and building a Space call it and
+check only what they need besides.
+
 This file travels with checkpoints as remote code: it imports only the standard library.
 """
 
@@ -24,11 +28,16 @@ from typing import Any
 
 INTEGRITY_FILE = "checksums.json"
 INTEGRITY_FORMAT = 1
-#: config fields that change what the saved weights compute; editing one after saving is refused
-MODEL_FIELDS = (
-    "modalities", "hidden_size", "num_layers", "num_heads", "ffn_multiplier", "router_layers",
-    "router_hidden_size", "router_temperature", "mixture", "num_labels", "problem_type",
+#: The config fields that shape the weights, listed here once and used wherever a checkpoint is compared
+#: with a config. ARCHITECTURE_FIELDS: the model's size and layout (a checkpoint's tensors fit only a config
+#: that agrees on all of them); WEIGHT_FIELDS: with the modalities and the label count, all that the weights
+#: were trained for; MODEL_FIELDS: with the fields that change what the weights compute, the ones whose edit
+#: after saving is refused.
+ARCHITECTURE_FIELDS = (
+    "hidden_size", "num_layers", "num_heads", "ffn_multiplier", "router_layers", "router_hidden_size", "mixture",
 )  # fmt: skip
+WEIGHT_FIELDS = ("modalities", *ARCHITECTURE_FIELDS, "num_labels")
+MODEL_FIELDS = (*WEIGHT_FIELDS, "router_temperature", "problem_type")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -213,7 +222,7 @@ def verify_checkpoint(
     for fname in files:
         wpath = folder / fname
         if not wpath.is_file():
-            others = sorted(p.name for p in folder.glob("*.bin"))
+            others = sorted(p.name for p in folder.glob("pytorch_model*.bin"))  # not training_args.bin
             hint = f" (found {others}: this package saves and loads safetensors)" if others else ""
             raise FileNotFoundError(
                 f"checkpoint folder {folder} has no weights file {fname}{hint}; re-save the model with save_pretrained"
@@ -256,9 +265,11 @@ def verify_checkpoint(
 
 
 __all__ = [
+    "ARCHITECTURE_FIELDS",
     "CheckpointError",
     "INTEGRITY_FILE",
     "MODEL_FIELDS",
+    "WEIGHT_FIELDS",
     "check_safetensors",
     "model_fields",
     "record_checkpoint",

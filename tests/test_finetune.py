@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from modeling_fli2moe import FLI2MoEModel
 from modeling_fli2moe.cli import main as cli_main
 from modeling_fli2moe.testing.models import tiny_config
-from modeling_fli2moe.training import init_model_from
+from modeling_fli2moe.checkpoints import init_model_from
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contended ones
 

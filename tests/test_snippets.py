@@ -1,4 +1,4 @@
-"""Every ```python block of README.md and of the model card that `modeling_fli2moe.hub` writes runs.
+"""Every ```python block of README.md and of the model card that `modeling_fli2moe.model_card` writes runs.
 
 The snippets run as written, with one documented substitution each:
 
@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from modeling_fli2moe import FLI2MoEConfig, FLI2MoEModel  # noqa: E402
-from modeling_fli2moe.hub import write_model_card  # noqa: E402
+from modeling_fli2moe.model_card import write_model_card  # noqa: E402
 from modeling_fli2moe.processing_fli2moe import FLI2MoEProcessor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,7 +26,7 @@ url_pid: dict[str, int] = {}
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A small untrained FL-I2MoE over the real offline encoders (the app only needs a valid checkpoint)."""
-    from modeling_fli2moe.training import load_run_config
+    from modeling_fli2moe.run_config import load_run_config
 
     cfg = load_run_config(ROOT / "hub_configs" / "planted.json", ["hidden_size=16", "router_hidden_size=16"]).model
     torch.manual_seed(0)

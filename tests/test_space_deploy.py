@@ -75,6 +75,7 @@ def test_build_writes_a_self_contained_space_folder(built, checkpoint):
     names = zipfile.ZipFile(built / wheel).namelist()
     assert "modeling_fli2moe/explain/explainer.py" in names
     assert any(n.startswith("modeling_fli2moe/metrics/") and n.endswith(".py") for n in names)
+    assert "modeling_fli2moe/templates/model_card.md" in names  # package data: the model card's text
     assert not any("__pycache__" in n for n in names)
 
 
@@ -105,7 +106,7 @@ def test_build_for_a_hub_checkpoint_preloads_it(tmp_path):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda tmp: tmp / "empty-dir", "not an FL-I2MoE checkpoint folder"),
+        (lambda tmp: tmp / "empty-dir", "is empty: nothing was saved there"),
         (lambda tmp: "a/b/c", "neither an existing folder nor a Hub model id"),
     ],
 )
