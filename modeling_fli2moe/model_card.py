@@ -22,6 +22,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .encoders import ENCODER_CLASSES
+
 logger = logging.getLogger(__name__)
 
 #: the card's text, with `${name}` placeholders for the values `make_model_card` computes
@@ -52,8 +54,6 @@ _METRIC_INFO: dict[str, tuple[str, str, dict[str, Any] | None]] = {
 }
 # Trainer bookkeeping: kept out of the model-index and the metrics table.
 _NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "loss")
-_TEXT_ENCODERS = ("hf-text",)
-_IMAGE_ENCODERS = ("hf-vision", "efficientnet-lite0")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -75,11 +75,9 @@ def _config_dict(config: Any, checkpoint_dir: str | os.PathLike | None) -> dict[
 
 def _modality_kind(modality: Mapping[str, Any]) -> str:
     """'text', 'image' or 'features' from the encoder type (or, failing that, the modality's name)."""
-    enc_type = (modality.get("encoder") or {}).get("type")
-    if enc_type in _TEXT_ENCODERS:
-        return "text"
-    if enc_type in _IMAGE_ENCODERS:
-        return "image"
+    encoder = ENCODER_CLASSES.get((modality.get("encoder") or {}).get("type"))
+    if encoder is not None and encoder.modality_kind in ("text", "image"):
+        return encoder.modality_kind
     name = str(modality.get("name", "")).lower()
     if any(k in name for k in ("text", "plot", "tweet", "ocr", "caption")):
         return "text"
