@@ -130,7 +130,7 @@ def _demo_explanations(checkpoint: Path, test, data_dir: Path, cache_dir: str | 
     from transformers import AutoModel
 
     from .explain import Explainer
-    from .explain.dataset_evaluation import run_dataset_explanation
+    from .dataset_evaluation import run_dataset_explanation
     from .processing_fli2moe import FLI2MoEProcessor
 
     row = test[_demo_example(test)]
@@ -157,7 +157,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .explain.dataset_evaluation import run_dataset_explanation
+    from .dataset_evaluation import run_dataset_explanation
 
     report = run_dataset_explanation(
         args.checkpoint,
@@ -285,7 +285,7 @@ def interrupted_note(args: argparse.Namespace, argv: list[str]) -> str:
         return ("interrupted before the first checkpoint; features already encoded stay in the cache. Start again "
                 f"with: {_command_line(argv, drop=('--resume',))}")
     if args.command == "explain":
-        from .explain.dataset_evaluation import default_output_dir, run_progress
+        from .dataset_evaluation import default_output_dir, run_progress
 
         out = args.output_dir or default_output_dir(args.checkpoint)
         progress = run_progress(out)
