@@ -217,12 +217,6 @@ def test_pair_masking_matches_shared_tokens():
     scores = [3.0 if p == (0, 4) else 2.0 if p == (0, 5) else 2.5 if p == (0, 6) else 0.0 for p in CROSS_POOL]
     result = pair_masking(ToyGame(), CROSS_POOL, scores, pair_counts=(2, 3, 100), n_random=10, random_state=1)
     assert result.pair_counts == [2, 3]  # 100 > 16 pairs: skipped
-    # the earlier keyword still works, with a warning
-    with pytest.warns(DeprecationWarning, match="pair_counts"):
-        old = pair_masking(ToyGame(), CROSS_POOL, scores, budgets=(2, 3, 100), n_random=10, random_state=1)
-    assert old == result
-    with pytest.warns(DeprecationWarning, match="pair_counts"):
-        assert old.budgets == [2, 3]
     assert result.steps[0].pairs == [[0, 4], [0, 6]] and result.steps[0].n_tokens == 3
     assert result.steps[1].n_tokens == 4
     for step in result.steps:

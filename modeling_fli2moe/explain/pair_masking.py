@@ -18,7 +18,6 @@ At dataset level, `paired_test` compares per-example ranked drops with the mean 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,7 +34,6 @@ __all__ = ["DEFAULT_PAIR_COUNTS", "PairMaskingResult", "PairMaskingStep", "pair_
 
 #: the numbers of pairs B masked at once
 DEFAULT_PAIR_COUNTS: tuple[int, ...] = (1, 2, 4, 8)
-DEFAULT_BUDGETS = DEFAULT_PAIR_COUNTS  # the earlier name
 
 
 @dataclass
@@ -72,12 +70,6 @@ class PairMaskingResult:
     def pair_counts(self) -> list[int]:
         """The numbers of pairs B masked, one per step."""
         return [s.budget for s in self.steps]
-
-    @property
-    def budgets(self) -> list[int]:
-        """Deprecated name of `pair_counts`."""
-        warnings.warn("PairMaskingResult.budgets is now pair_counts", DeprecationWarning, stacklevel=2)
-        return self.pair_counts
 
     @property
     def ranked_drops(self) -> list[float]:
@@ -143,7 +135,6 @@ def pair_masking(
     random_state: RandomState = None,
     score_name: str = "sii",
     max_tries: int = 200,
-    budgets: Sequence[int] | None = None,
 ) -> PairMaskingResult:
     """Drops of the game's value when masking the top-B pairs by `scores` vs B random pool pairs.
 
@@ -157,11 +148,7 @@ def pair_masking(
         random_state: seed / numpy Generator / torch.Generator for the random control.
         score_name: recorded in the result (``"sii"`` or ``"rg"``).
         max_tries: attempts per random selection before falling back (see the module doc).
-        budgets: deprecated name of `pair_counts`.
     """
-    if budgets is not None:
-        warnings.warn("pair_masking(budgets=...) is now pair_counts=...", DeprecationWarning, stacklevel=2)
-        pair_counts = budgets
     pool = (pairs.detach().cpu().numpy() if torch.is_tensor(pairs) else np.asarray(pairs)).astype(np.int64).reshape(-1, 2)
     score = (scores.detach().cpu().numpy() if torch.is_tensor(scores) else np.asarray(scores)).astype(float).reshape(-1)
     n = int(game.n_players)
