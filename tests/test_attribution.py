@@ -7,12 +7,8 @@ import pytest
 import torch
 
 from modeling_fli2moe import FLI2MoEModel
-from modeling_fli2moe.explain.attribution import (
-    ATTRIBUTION_METHODS,
-    AttributionMaps,
-    attribute,
-    rollout,
-)
+from modeling_fli2moe.explain.attribution import ATTRIBUTION_METHODS, attribute, rollout
+from modeling_fli2moe.explain.results import AttributionMaps
 from modeling_fli2moe.testing.models import random_inputs, tiny_config
 
 PLANTED_TEXT, PLANTED_IMAGE, PLANTED_POSITION = 6, 8, 2

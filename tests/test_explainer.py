@@ -8,8 +8,7 @@ import torch
 
 from modeling_fli2moe import FLI2MoEModel
 from modeling_fli2moe.explain import Explainer, Explanation, ExplainedExample, FeatureGame
-from modeling_fli2moe.explain.faithfulness import FaithfulnessResult
-from modeling_fli2moe.explain.pair_masking import PairMaskingResult
+from modeling_fli2moe.explain.results import FaithfulnessResult, PairMaskingResult
 from modeling_fli2moe.testing.compare import assert_same_values
 from modeling_fli2moe.testing.models import tiny_config
 

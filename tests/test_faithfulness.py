@@ -9,7 +9,6 @@ import torch
 
 from modeling_fli2moe.explain.attribution import attribute
 from modeling_fli2moe.explain.faithfulness import (
-    FaithfulnessResult,
     concentration,
     faithfulness,
     faithfulness_for_maps,
@@ -17,11 +16,8 @@ from modeling_fli2moe.explain.faithfulness import (
     top_k_count,
 )
 from modeling_fli2moe.explain.game import FeatureGame
-from modeling_fli2moe.explain.pair_masking import (
-    PairMaskingResult,
-    pair_masking,
-    paired_test,
-)
+from modeling_fli2moe.explain.pair_masking import pair_masking, paired_test
+from modeling_fli2moe.explain.results import FaithfulnessResult, PairMaskingResult
 
 from .test_attribution import PLANTED_POSITION, planted_examples, planted_model
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_fli2moe.explain.result_interactions import InteractionResult
+from modeling_fli2moe.explain.results import InteractionResult
 from modeling_fli2moe.explain.shapley import (
     MAX_EXACT_PLAYERS,
     PairInteractionApproximator,

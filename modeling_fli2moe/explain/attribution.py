@@ -30,65 +30,17 @@ backward pass.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ._utils import check_target, eager_attention, eval_mode, resolve_head, select_target, target_values
 from .example import ExplainedExample
+from .results import AttributionMaps
 
-__all__ = ["ATTRIBUTION_METHODS", "AttributionMaps", "attribute", "default_heads", "rollout"]
+__all__ = ["ATTRIBUTION_METHODS", "attribute", "default_heads", "rollout"]
 
 ATTRIBUTION_METHODS = ("occlusion", "attn_rollout_grad", "integrated_gradients", "gradient_x_input")
-
-
-@dataclass
-class AttributionMaps:
-    """Token-importance maps `maps[head][modality] -> (T_m,)` (zero at non-players) of one example.
-
-    `player_mask[modality] -> (T_m,)` bool marks the players; `targets[head]` the labels each head's
-    map explains; `expert_weights[expert]` the router weights of the example.
-    """
-
-    method: str
-    maps: dict[str, dict[str, torch.Tensor]]
-    player_mask: dict[str, torch.Tensor]
-    targets: dict[str, list[int]] = field(default_factory=dict)
-    expert_weights: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def heads(self) -> list[str]:
-        return list(self.maps)
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.player_mask)
-
-    def __getitem__(self, head: str) -> dict[str, torch.Tensor]:
-        if head not in self.maps:
-            raise KeyError(f"no map for head {head!r}; this result has {self.heads}")
-        return self.maps[head]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain lists (JSON-ready; `maps` has the layout of `Explanation.maps`)."""
-        return {
-            "method": self.method,
-            "maps": {h: {m: [float(v) for v in t.tolist()] for m, t in by_mod.items()} for h, by_mod in self.maps.items()},
-            "player_mask": {m: [bool(v) for v in t.tolist()] for m, t in self.player_mask.items()},
-            "targets": {h: list(t) for h, t in self.targets.items()},
-            "expert_weights": dict(self.expert_weights),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AttributionMaps:
-        return cls(
-            method=data["method"],
-            maps={h: {m: torch.tensor(v, dtype=torch.float32) for m, v in by_mod.items()} for h, by_mod in data["maps"].items()},
-            player_mask={m: torch.tensor(v, dtype=torch.bool) for m, v in data["player_mask"].items()},
-            targets={h: [int(x) for x in t] for h, t in data.get("targets", {}).items()},
-            expert_weights={k: float(v) for k, v in data.get("expert_weights", {}).items()},
-        )
 
 
 def default_heads(model: Any) -> list[str]:

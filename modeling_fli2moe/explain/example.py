@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ._utils import eval_mode
+from .results import grid_shape
 
 __all__ = ["ExplainedExample", "Groups", "default_token_names", "resolve_player_mask", "word_groups"]
 
@@ -71,8 +72,6 @@ def word_groups(word_ids: Sequence[int | None]) -> list[list[int]]:
 
 def default_token_names(name: str, n_tokens: int) -> list[str]:
     """Display names of tokens that have no text: `"image 2,3"` (row, column) on a square grid, else `"audio 5"`."""
-    from .explanation import grid_shape
-
     rows, cols = grid_shape(n_tokens)
     return [f"{name} {i // cols},{i % cols}" if rows > 1 else f"{name} {i}" for i in range(n_tokens)]
 

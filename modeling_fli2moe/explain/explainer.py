@@ -15,11 +15,10 @@ from ..random_state import RandomState, check_random_state
 from ._utils import check_int, eval_mode
 from .attribution import ATTRIBUTION_METHODS, attribute
 from .example import ExplainedExample, word_groups
-from .explanation import Explanation, InteractionPair, grid_shape
-from .faithfulness import FaithfulnessResult, faithfulness_for_maps
+from .faithfulness import faithfulness_for_maps
 from .game import OUTPUTS, FeatureGame
-from .pair_masking import PairMaskingResult
 from .pair_masking import pair_masking as pair_masking_fn
+from .results import Explanation, FaithfulnessResult, InteractionPair, PairMaskingResult, grid_shape
 from .shapley import PairInteractionApproximator
 
 Progress = Callable[[float, str], None]

@@ -20,25 +20,26 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..random_state import RandomState, check_random_state
-from .attribution import AttributionMaps
 from .example import ExplainedExample
 from .game import FeatureGame
+from .results import (
+    AttributionMaps,
+    ConcentrationResult,
+    FaithfulnessCurve,
+    FaithfulnessResult,
+    SpecificityResult,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_K_PERCENTS",
-    "ConcentrationResult",
-    "FaithfulnessCurve",
-    "FaithfulnessResult",
-    "SpecificityResult",
     "concentration",
     "faithfulness",
     "faithfulness_for_maps",
@@ -57,51 +58,6 @@ def top_k_count(k_percent: float, n: int) -> int:
 def _ranking(scores: torch.Tensor) -> torch.Tensor:
     """Indices by descending score, ties broken by index (stable)."""
     return torch.argsort(-scores.double(), stable=True)
-
-
-# ----------------------------------------------------------------------------------------- faithfulness
-@dataclass
-class FaithfulnessCurve:
-    """Faithfulness of one map on one modality (or ``"all"``); lists are aligned with `k_percent`."""
-
-    k_percent: list[float]
-    n_tokens: list[int]
-    n_players: int
-    comprehensiveness: list[float]
-    sufficiency: list[float]
-    random_comprehensiveness: list[float]
-    random_sufficiency: list[float]
-    random_comprehensiveness_std: list[float]
-    random_sufficiency_std: list[float]
-    aopc_comprehensiveness: float
-    aopc_sufficiency: float
-    random_aopc_comprehensiveness: float
-    random_aopc_sufficiency: float
-    comprehensiveness_gap: float
-    sufficiency_gap: float
-
-
-@dataclass
-class FaithfulnessResult:
-    """Top-K% masking of one example, one head and one map. `per_modality[name]` (plus ``"all"``)."""
-
-    head: str
-    output: str
-    fill: str
-    p_full: float
-    n_random: int
-    evaluations: int
-    per_modality: dict[str, FaithfulnessCurve] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types; `per_modality[m]` has the keys `Explanation.plot_faithfulness` reads."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FaithfulnessResult:
-        data = dict(data)
-        data["per_modality"] = {m: FaithfulnessCurve(**c) for m, c in data.get("per_modality", {}).items()}
-        return cls(**data)
 
 
 def _scores_of(game: FeatureGame, token_map: Any) -> torch.Tensor:
@@ -236,21 +192,6 @@ def faithfulness_for_maps(
     return results
 
 
-# ---------------------------------------------------------------------------------------- concentration
-@dataclass
-class ConcentrationResult:
-    """Normalised entropy (1 = uniform, 0 = one token) and top-fraction mass of a map, per modality and
-    over all players (``"all"``)."""
-
-    top_fraction: float
-    entropy: dict[str, float]
-    top_mass: dict[str, float]
-    n_players: dict[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def _players_and_values(
     token_map: Mapping[str, torch.Tensor], player_mask: Mapping[str, torch.Tensor] | None
 ) -> dict[str, np.ndarray]:
@@ -301,27 +242,6 @@ def concentration(
     for name, v in values.items():
         entropy[name], top[name] = _entropy_and_top(v, top_fraction)
     return ConcentrationResult(top_fraction, entropy, top, {k: int(v.size) for k, v in values.items()})
-
-
-# ----------------------------------------------------------------------------------------- specificity
-@dataclass
-class SpecificityResult:
-    """How expert-specific a set of maps is.
-
-    `mass_share[head][modality]`: the head's share of its total mass on that modality.
-    `jaccard[modality][head_a][head_b]`: overlap of the heads' top-K% player sets (``"all"`` = players of
-    every modality ranked jointly). `mean_jaccard[modality]`: mean over distinct pairs of experts (the
-    mixture excluded); lower = more specific.
-    """
-
-    k_percent: float
-    heads: list[str]
-    mass_share: dict[str, dict[str, float]]
-    jaccard: dict[str, dict[str, dict[str, float]]]
-    mean_jaccard: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def specificity(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,66 +26,14 @@ import torch
 
 from ..random_state import RandomState, check_random_state
 from .game import FeatureGame
+from .results import PairMaskingResult, PairMaskingStep
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_PAIR_COUNTS", "PairMaskingResult", "PairMaskingStep", "pair_masking", "paired_test"]
+__all__ = ["DEFAULT_PAIR_COUNTS", "pair_masking", "paired_test"]
 
 #: the numbers of pairs B masked at once
 DEFAULT_PAIR_COUNTS: tuple[int, ...] = (1, 2, 4, 8)
-
-
-@dataclass
-class PairMaskingStep:
-    """One number of pairs B: the ranked pairs' drop and the random control's drops.
-
-    `budget` is B, the number of pairs masked (the field keeps its name in saved explanations)."""
-
-    budget: int
-    pairs: list[list[int]]
-    n_tokens: int
-    ranked_drop: float
-    random_drops: list[float]
-    random_mean: float
-    random_std: float
-    random_n_tokens: list[int]
-    n_unmatched: int
-
-
-@dataclass
-class PairMaskingResult:
-    """Pair masking of one example: `steps` per number of pairs B (those above the pool's size are skipped)."""
-
-    head: str
-    output: str
-    score_name: str
-    p_full: float
-    n_pairs: int
-    n_random: int
-    evaluations: int
-    steps: list[PairMaskingStep] = field(default_factory=list)
-
-    @property
-    def pair_counts(self) -> list[int]:
-        """The numbers of pairs B masked, one per step."""
-        return [s.budget for s in self.steps]
-
-    @property
-    def ranked_drops(self) -> list[float]:
-        return [s.ranked_drop for s in self.steps]
-
-    @property
-    def random_means(self) -> list[float]:
-        return [s.random_mean for s in self.steps]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PairMaskingResult:
-        data = dict(data)
-        data["steps"] = [PairMaskingStep(**s) for s in data.get("steps", [])]
-        return cls(**data)
 
 
 def _tokens(pairs: np.ndarray) -> set[int]:

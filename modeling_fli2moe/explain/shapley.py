@@ -49,14 +49,13 @@ import torch
 
 from ..random_state import RandomState, check_random_state
 from ._utils import check_int
-from .result_interactions import InteractionResult
+from .results import InteractionResult
 from .sampling import ContextPlan, packed_row_keys, stratum_rows
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_EXACT_PLAYERS",
-    "InteractionResult",
     "PairInteractionApproximator",
     "ValueFn",
     "cross_modal_pairs",
