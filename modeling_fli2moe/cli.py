@@ -136,7 +136,7 @@ def _demo_explanations(checkpoint: Path, test, data_dir: Path, cache_dir: str | 
     row = test[_demo_example(test)]
     model = AutoModel.from_pretrained(checkpoint).eval()
     explainer = Explainer(model, FLI2MoEProcessor.from_pretrained(checkpoint))
-    exp = explainer.explain(inputs={"text": row["text"], "image": row["image"]}, random_state=seed)
+    exp = explainer.explain(explainer.prepare({"text": row["text"], "image": row["image"]}), random_state=seed)
     region = row["image_regions"][0]
     print(f"test example {row['id']}: {row['text']!r}")
     print(exp.summary())

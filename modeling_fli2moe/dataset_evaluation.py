@@ -79,8 +79,9 @@ def explain_example(model, row: dict[str, Any], budget: int, n_candidates: int, 
         feats[n] = torch.as_tensor(row[f]).float()[None]
         masks[n] = torch.as_tensor(row[mk]).bool()[None]
         players[n] = torch.as_tensor(row[pm]).bool()
-    exp = Explainer(model).explain(features=feats, attention_mask=masks, player_mask=players, budget=budget,
-                                   n_candidates=n_candidates, random_state=random_state, tokens=tokens)
+    explainer = Explainer(model)
+    example = explainer.prepare(features=feats, attention_mask=masks, player_mask=players, tokens=tokens)
+    exp = explainer.explain(example, budget=budget, n_candidates=n_candidates, random_state=random_state)
     keys = ("comprehensiveness_gap", "sufficiency_gap", "aopc_comprehensiveness", "aopc_sufficiency",
             "random_aopc_comprehensiveness", "random_aopc_sufficiency")
     maps = {h: {m: torch.tensor(v) for m, v in by_mod.items()} for h, by_mod in exp.maps.items()}

@@ -392,7 +392,8 @@ out.logits, out.expert_logits, out.expert_weights  # mixture logits, (B, E, C) p
 
 # explain: expert-wise token attributions, synergistic and redundant cross-modal token pairs
 from modeling_fli2moe.explain import Explainer
-explanation = Explainer(model, processor).explain(example, random_state=0)
+explainer = Explainer(model, processor)
+explanation = explainer.explain(explainer.prepare(example), random_state=0)
 print(explanation.summary())
 ```
 

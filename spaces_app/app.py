@@ -227,8 +227,9 @@ def explain(image, caption, budget, n_candidates, seed, progress=gr.Progress()):
         progress(0.1 + 0.85 * frac, desc=desc)
 
     try:
-        exp = service.explainer.explain(
-            inputs={"text": caption, "image": image},
+        explainer = service.explainer
+        exp = explainer.explain(
+            explainer.prepare({"text": caption, "image": image}),
             budget=int(budget),
             n_candidates=int(n_candidates),
             random_state=int(seed),

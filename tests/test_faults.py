@@ -522,7 +522,8 @@ def explainer():
 
 def _explain(explainer, **kw):
     exp, feats, masks = explainer
-    return exp.explain(features=feats, attention_mask=masks, budget=160, faithfulness=False, pair_masking=False, **kw)
+    example = exp.prepare(features=feats, attention_mask=masks)
+    return exp.explain(example, budget=160, faithfulness=False, pair_masking=False, **kw)
 
 
 @pytest.mark.parametrize(

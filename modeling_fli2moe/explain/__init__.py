@@ -5,10 +5,9 @@ lives in `results`.
 """
 
 from .attribution import attribute
-from .example import ExplainedExample
 from .explainer import Explainer
 from .faithfulness import concentration, faithfulness, faithfulness_for_maps, specificity
-from .game import FeatureGame
+from .game import ExplainedExample, FeatureGame
 from .input_game import InputGame
 from .leakage import cue_decodability, masking_survival
 from .occlusion import occlusion_effects

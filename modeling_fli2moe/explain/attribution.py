@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ._utils import check_target, eager_attention, eval_mode, resolve_head, select_target, target_values
-from .example import ExplainedExample
+from .game import ExplainedExample, require_example
 from .results import AttributionMaps
 
 __all__ = ["ATTRIBUTION_METHODS", "attribute", "default_heads", "rollout"]
@@ -72,10 +72,7 @@ def _split(values: torch.Tensor, lengths: Sequence[int], names: Sequence[str]) -
 
 
 def attribute(
-    model: Any,
-    features: Mapping[str, torch.Tensor] | ExplainedExample,
-    attention_mask: Mapping[str, torch.Tensor] | None = None,
-    player_mask: Mapping[str, torch.Tensor] | None = None,
+    example: ExplainedExample,
     method: str = "attn_rollout_grad",
     heads: Sequence[int | str] | None = None,
     target: int | Sequence[int] | None = None,
@@ -88,9 +85,9 @@ def attribute(
     """Token-importance maps of one example (B = 1) for every head in `heads`.
 
     Args:
-        model: an `FLI2MoEModel` (interaction mixture or dense baseline); run in eval mode.
-        features / attention_mask / player_mask: as for `FeatureGame` (one example); or `features` an
-            `ExplainedExample` (then the masks come from it, and `occlusion` shares its games' forwards).
+        example: the `ExplainedExample` of one example (`ExplainedExample(model, features, attention_mask,
+            player_mask)` or `Explainer.prepare`); its model (an `FLI2MoEModel`, interaction mixture or dense
+            baseline) runs in eval mode, and `occlusion` shares its games' forwards.
         method: `"attn_rollout_grad"` (default), `"integrated_gradients"` or `"gradient_x_input"`.
         heads: `"mixture"`, expert names or indices; default: every expert and the mixture.
         target: labels to explain for every head; default: each head's own prediction (multi-label: its
@@ -102,18 +99,14 @@ def attribute(
 
     Returns `AttributionMaps` with non-negative maps `(T_m,)` per head and modality, zero at non-players.
     """
+    example = require_example(example, "attribute")
+    model = example.model
     if method not in ATTRIBUTION_METHODS:
         raise ValueError(f"unknown attribution method {method!r}; choose one of {list(ATTRIBUTION_METHODS)}")
     head_names = [resolve_head(model, h) for h in (default_heads(model) if heads is None else heads)]
     if not head_names:
         raise ValueError("heads is empty; pass None for every expert and the mixture, or a list of heads")
     head_names = list(dict.fromkeys(head_names))
-    if isinstance(features, ExplainedExample):
-        if attention_mask is not None or player_mask is not None:
-            raise ValueError("an ExplainedExample carries its own masks; pass attention_mask / player_mask to it")
-        example = features
-    else:
-        example = ExplainedExample(model, features, attention_mask, player_mask)
     names = list(model.modality_names)
     players = example.player_mask
     problem_type = model.config.problem_type

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from ..random_state import RandomState, check_random_state
-from .example import ExplainedExample
-from .game import FeatureGame
+from .game import ExplainedExample, FeatureGame, require_example
 from .results import (
     AttributionMaps,
     ConcentrationResult,
@@ -60,6 +59,7 @@ def _ranking(scores: torch.Tensor) -> torch.Tensor:
     return torch.argsort(-scores.double(), stable=True)
 
 
+# -------------------------------------------------------------------------------------- faithfulness
 def _scores_of(game: FeatureGame, token_map: Any) -> torch.Tensor:
     """Per-player scores from a token map `{name: (T_m,)}` or a `(n_players,)` vector."""
     if isinstance(token_map, Mapping):
@@ -164,10 +164,8 @@ def faithfulness(
 
 
 def faithfulness_for_maps(
-    model: Any,
-    features: Mapping[str, torch.Tensor] | ExplainedExample,
+    example: ExplainedExample,
     maps: AttributionMaps,
-    attention_mask: Mapping[str, torch.Tensor] | None = None,
     heads: Sequence[str] | None = None,
     k_percents: Sequence[float] = DEFAULT_K_PERCENTS,
     n_random: int = 10,
@@ -175,16 +173,16 @@ def faithfulness_for_maps(
     **game_kwargs: Any,
 ) -> dict[str, FaithfulnessResult]:
     """`faithfulness` for every head of `maps`, each on a probability game of that head with the map's
-    target and player mask. `features` may be an `ExplainedExample` (its player mask must be the maps').
-    `game_kwargs` go to `FeatureGame` (fill, groups, chunk_size, autocast_dtype; `groups` defaults to the
-    example's, none for raw features)."""
+    target, made from `example` (the `ExplainedExample` the maps were made of: its player mask must be the
+    maps'). `game_kwargs` go to `FeatureGame` (fill, groups, chunk_size, autocast_dtype; `groups` defaults
+    to the example's)."""
+    example = require_example(example, "faithfulness_for_maps")
     rng = check_random_state(random_state)
-    if isinstance(features, ExplainedExample):
-        example = features
-        if any(not torch.equal(example.player_mask[n], maps.player_mask[n].cpu().bool()) for n in example.player_mask):
-            raise ValueError("the maps were made with other players than this example's; pass the features instead")
-    else:
-        example = ExplainedExample(model, features, attention_mask, maps.player_mask)
+    if any(not torch.equal(example.player_mask[n], maps.player_mask[n].cpu().bool()) for n in example.player_mask):
+        raise ValueError(
+            "the maps were made with other players than this example's; make the maps of this example "
+            "(attribute(example, ...)) or prepare the example with the maps' player_mask"
+        )
     results = {}
     for head in heads or maps.heads:
         game = example.game_for(head, target=maps.targets.get(head), output="probability", **game_kwargs)
@@ -192,6 +190,7 @@ def faithfulness_for_maps(
     return results
 
 
+# ------------------------------------------------------------------------------------- concentration
 def _players_and_values(
     token_map: Mapping[str, torch.Tensor], player_mask: Mapping[str, torch.Tensor] | None
 ) -> dict[str, np.ndarray]:
@@ -244,6 +243,7 @@ def concentration(
     return ConcentrationResult(top_fraction, entropy, top, {k: int(v.size) for k, v in values.items()})
 
 
+# --------------------------------------------------------------------------------------- specificity
 def specificity(
     maps: AttributionMaps | Mapping[str, Mapping[str, torch.Tensor]],
     player_mask: Mapping[str, torch.Tensor] | None = None,

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ._utils import eval_mode, target_values
-from .game import FeatureGame
+from .game import ExplainedExample, FeatureGame
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ class InputGame:
         self.processor = processor
         self.batch_size = int(batch_size)
         enc = processor(inputs)
-        self.feature_game = FeatureGame(model, enc["features"], enc["attention_mask"], enc["player_mask"], head=head,
-                                        output=output, target=target, groups=groups)
+        example = ExplainedExample(model, enc["features"], enc["attention_mask"], enc["player_mask"])
+        self.feature_game = FeatureGame(example, head=head, output=output, target=target, groups=groups)
         fg = self.feature_game
         self.head, self.output, self.target = fg.head, fg.output, fg.target
         self.players, self.player_positions = fg.players, fg.player_positions

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from ..random_state import RandomState, check_random_state
-from .game import FeatureGame
 from .results import PairMaskingResult, PairMaskingStep
 
 logger = logging.getLogger(__name__)
@@ -74,7 +73,7 @@ def _sample_matched(
 
 
 def pair_masking(
-    game: FeatureGame,
+    game: Any,
     pairs: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
     scores: torch.Tensor | np.ndarray | Sequence[float],
     pair_counts: Sequence[int] = DEFAULT_PAIR_COUNTS,
