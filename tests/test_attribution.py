@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from modeling_fli2moe import FLI2MoEModel
-from modeling_fli2moe.explain.attribution import ATTRIBUTION_METHODS, attribute, rollout
+from modeling_fli2moe.explain.attribution import (
+    ATTRIBUTION_METHODS,
+    AttentionRolloutGrad,
+    GradientXInput,
+    IntegratedGradients,
+    Occlusion,
+    attribute,
+    rollout,
+)
 from modeling_fli2moe.explain.game import ExplainedExample
 from modeling_fli2moe.explain.results import AttributionMaps
 from modeling_fli2moe.testing.models import random_inputs, tiny_config
@@ -205,6 +213,8 @@ def test_attribute_errors():
         ExplainedExample(model, {k: v.expand(2, -1, -1) for k, v in features.items()})
     with pytest.raises(TypeError, match=r"attribute takes an ExplainedExample, got FLI2MoEModel: prepare"):
         attribute(model, example)
+    with pytest.raises(TypeError, match=r"GradientXInput.attribute takes an ExplainedExample, got dict"):
+        GradientXInput().attribute(features)
     with pytest.raises(ValueError, match="target"):
         attribute(example, target=5)
     maps = attribute(example, heads=["synergy", 1], method="gradient_x_input")
@@ -212,3 +222,24 @@ def test_attribute_errors():
     with pytest.raises(KeyError, match="no map for head"):
         maps["mixture"]
 
+
+def test_one_class_per_method_behind_the_names():
+    """`attribute(example, method=name)` is the class registered under that name, with the options it takes."""
+    assert ATTRIBUTION_METHODS == {"occlusion": Occlusion, "attn_rollout_grad": AttentionRolloutGrad,
+                                   "integrated_gradients": IntegratedGradients, "gradient_x_input": GradientXInput}
+    assert all(cls.name == name for name, cls in ATTRIBUTION_METHODS.items())
+    model = planted_model("interaction")
+    example = ExplainedExample(model, planted_examples(1)[0])
+    for by_name, by_class in [
+        (attribute(example, method="integrated_gradients", heads=["mixture"], n_steps=4),
+         IntegratedGradients(n_steps=4).attribute(example, heads=["mixture"])),
+        (attribute(example, method="occlusion", heads=["synergy"], output="probability", chunk_size=7),
+         Occlusion(output="probability", chunk_size=7).attribute(example, heads=["synergy"])),
+        (attribute(example, method="gradient_x_input"), GradientXInput().attribute(example)),
+    ]:
+        assert by_name.method == by_class.method and by_name.targets == by_class.targets
+        for head in by_name.heads:
+            for name in model.modality_names:
+                torch.testing.assert_close(by_name[head][name], by_class[head][name], rtol=0, atol=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):  # occlusion's games check them
+        attribute(example, method="occlusion", colour="red")
