@@ -214,7 +214,7 @@ def test_errors(model, example):
         game_of(model, features, mask, player_mask={"text": torch.zeros(7), "image": torch.zeros(9)})
     with pytest.raises(ValueError, match="unknown head"):
         game_of(model, features, mask, head="nope")
-    with pytest.raises(ValueError, match="fill"):
+    with pytest.raises(ValueError, match=r"fill must be one of \['mean', 'remove'\] for a game"):
         game_of(model, features, mask, fill="zero")
     with pytest.raises(ValueError, match="output"):
         game_of(model, features, mask, output="prob")

@@ -35,9 +35,12 @@ from .results import OcclusionEffects
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FILLS", "OUTPUTS", "ExplainedExample", "FeatureGame", "memory_chunk_size", "require_example"]
+__all__ = ["GAME_FILLS", "OUTPUTS", "ExplainedExample", "FeatureGame", "memory_chunk_size", "require_example"]
 
-FILLS = ("mean", "remove")
+# The fills a game accepts: how an absent player's projected token is filled. The package's one fill vocabulary is
+# `configuration_fli2moe.FILLS`; once "remove" is part of it, this is the subset of that list (imported from there)
+# that a game can do: "noise" and "zero" fill features in training, not a game's projected tokens.
+GAME_FILLS = ("mean", "remove")
 OUTPUTS = ("log_odds", "logit", "probability")
 
 
@@ -218,8 +221,8 @@ class FeatureGame:
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
         example = require_example(example, "FeatureGame")
-        if fill not in FILLS:
-            raise ValueError(f"fill must be one of {list(FILLS)}, got {fill!r}")
+        if fill not in GAME_FILLS:
+            raise ValueError(f"fill must be one of {list(GAME_FILLS)} for a game, got {fill!r}")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {list(OUTPUTS)}, got {output!r}")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
