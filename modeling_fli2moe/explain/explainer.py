@@ -218,9 +218,8 @@ class Explainer:
                 f"budget={budget} does not cover the candidate search ({effects.evaluations} evaluations for "
                 f"{game.n_players} players) and the pair estimates; raise budget (the default is 2048)"
             )
-        approximator = PairInteractionApproximator(budget - effects.evaluations, random_state=rng,
-                                                   batch_size=self.chunk_size)
-        result = approximator.approximate(game, game.n_players, pairs)
+        approximator = PairInteractionApproximator(game.n_players, pairs, random_state=rng, batch_size=self.chunk_size)
+        result = approximator.approximate(budget - effects.evaluations, game)
         synergy, redundancy = self._ranked_pairs(game, result, tokens, "mixture", top_k)
         evaluations = int(result.evaluations) + effects.evaluations
 
@@ -229,8 +228,8 @@ class Explainer:
             for i, e in enumerate(expert_names):
                 step(0.45 + 0.2 * i / len(expert_names), f"pairs of the {e} expert")
                 g = example.game_for(e, output=self.output, **game_options)
-                r = PairInteractionApproximator(expert_budget or budget, random_state=rng,
-                                                batch_size=self.chunk_size).approximate(g, g.n_players, pairs)
+                r = PairInteractionApproximator(g.n_players, pairs, random_state=rng,
+                                                batch_size=self.chunk_size).approximate(expert_budget or budget, g)
                 syn_e, red_e = self._ranked_pairs(g, r, tokens, e, top_k)
                 per_expert[e] = {"synergy": syn_e, "redundancy": red_e}
                 evaluations += int(r.evaluations)
