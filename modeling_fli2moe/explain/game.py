@@ -179,6 +179,7 @@ def require_example(example: Any, caller: str) -> ExplainedExample:
     )
 
 
+# ------------------------------------------------------------------------------------------------ game
 class FeatureGame:
     """Value function of one example over coalitions of its tokens.
 
