@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modeling_fli2moe import FLI2MoEModel  # noqa: E402
-from modeling_fli2moe.explain import Explainer, FeatureGame  # noqa: E402
+from modeling_fli2moe.explain import ExplainedExample, Explainer, FeatureGame  # noqa: E402
 
 
 def tiny_config(dims, hidden_size, router_hidden_size, num_labels):
@@ -62,8 +62,9 @@ def throughput(model, t_text: int, t_image: int, batch: int, device: str) -> Non
     rows = {}
     precisions = [("fp32", None)] + ([("bf16", torch.bfloat16)] if has_fast_bf16(device) else [])
     for precision, dtype in precisions:
-        game = FeatureGame(model, feats, head="mixture", chunk_size=batch, autocast_dtype=dtype)
-        expert = FeatureGame(model, feats, head="synergy" if cfg.mixture == "interaction" else 0, chunk_size=batch,
+        example = ExplainedExample(model, feats)
+        game = FeatureGame(example, head="mixture", chunk_size=batch, autocast_dtype=dtype)
+        expert = FeatureGame(example, head="synergy" if cfg.mixture == "interaction" else 0, chunk_size=batch,
                              autocast_dtype=dtype)
         big = {n: f.expand(batch, -1, -1) for n, f in feats.items()}
 
@@ -123,7 +124,8 @@ def main() -> None:
     for kwargs, what in (({}, "defaults (attribution, pairs, faithfulness, pair masking)"),
                          ({"faithfulness": False, "pair_masking": False}, "attribution + pairs only")):
         t0 = time.perf_counter()
-        exp = explainer.explain(inputs={"text": row["text"], "image": row["image"]}, random_state=0, **kwargs)
+        example = explainer.prepare({"text": row["text"], "image": row["image"]})
+        exp = explainer.explain(example, random_state=0, **kwargs)
         print(f"  explain one planted example, {what}: {time.perf_counter() - t0:.2f} s "
               f"({exp.evaluations} pair evaluations)")
 

@@ -76,8 +76,8 @@ def survival(ckpt: Path, rows, n: int) -> None:
     from transformers import AutoModel
 
     import modeling_fli2moe  # noqa: F401
-    from modeling_fli2moe.explain import FeatureGame, InputGame, masking_survival
-    from modeling_fli2moe.explain.game import word_groups
+    from modeling_fli2moe.explain import ExplainedExample, FeatureGame, InputGame, masking_survival
+    from modeling_fli2moe.explain.players import word_groups
     from modeling_fli2moe.processing_fli2moe import FLI2MoEProcessor
 
     model = AutoModel.from_pretrained(ckpt).eval()
@@ -89,7 +89,8 @@ def survival(ckpt: Path, rows, n: int) -> None:
         inputs = {"text": r["text"], "image": r["image"]}
         enc = processor(inputs)
         groups = {"text": word_groups(enc["word_ids"]["text"][0])}
-        game = FeatureGame(model, enc["features"], enc["attention_mask"], enc["player_mask"], groups=groups)
+        example = ExplainedExample(model, enc["features"], enc["attention_mask"], enc["player_mask"])
+        game = FeatureGame(example, groups=groups)
         planted = [p for p in range(game.n_players)
                    if (game.players[p][0] == "text" and set(game.player_positions[p]) & set(r["text_positions"]))
                    or (game.players[p][0] == "image" and set(game.player_positions[p]) & set(r["image_regions"]))]

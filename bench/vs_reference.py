@@ -250,11 +250,11 @@ class Ours(Side):
 
     def game(self, shape: str, coalitions: int) -> Callable[[], None]:
         """The explanation game on one whole example (text of full length) and `coalitions` random coalitions."""
-        from modeling_fli2moe.explain import FeatureGame
+        from modeling_fli2moe.explain import ExplainedExample, FeatureGame
 
         feats, _, _ = self._inputs(shape, 1)
         self.model.eval()
-        game = FeatureGame(self.model, feats, head="mixture",
+        game = FeatureGame(ExplainedExample(self.model, feats), head="mixture",
                            autocast_dtype=torch.bfloat16 if self.precision == "bf16" else None)
         g = torch.Generator().manual_seed(0)
         batch = torch.rand(coalitions, game.n_players, generator=g) < 0.5

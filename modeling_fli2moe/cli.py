@@ -132,13 +132,13 @@ def _demo_explanations(checkpoint: Path, test, data_dir: Path, cache_dir: str | 
     from transformers import AutoModel
 
     from .explain import Explainer
-    from .explain.dataset_evaluation import run_dataset_explanation
+    from .dataset_evaluation import run_dataset_explanation
     from .processing_fli2moe import FLI2MoEProcessor
 
     row = test[_demo_example(test)]
     model = AutoModel.from_pretrained(checkpoint).eval()
     explainer = Explainer(model, FLI2MoEProcessor.from_pretrained(checkpoint))
-    exp = explainer.explain(inputs={"text": row["text"], "image": row["image"]}, random_state=seed)
+    exp = explainer.explain(explainer.prepare({"text": row["text"], "image": row["image"]}), random_state=seed)
     region = row["image_regions"][0]
     print(f"test example {row['id']}: {row['text']!r}")
     print(exp.summary())
@@ -159,7 +159,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .explain.dataset_evaluation import run_dataset_explanation
+    from .dataset_evaluation import run_dataset_explanation
 
     report = run_dataset_explanation(
         args.checkpoint,
@@ -287,7 +287,7 @@ def interrupted_note(args: argparse.Namespace, argv: list[str]) -> str:
         return ("interrupted before the first checkpoint; features already encoded stay in the cache. Start again "
                 f"with: {_command_line(argv, drop=('--resume',))}")
     if args.command == "explain":
-        from .explain.dataset_evaluation import default_output_dir, run_progress
+        from .dataset_evaluation import default_output_dir, run_progress
 
         out = args.output_dir or default_output_dir(args.checkpoint)
         progress = run_progress(out)

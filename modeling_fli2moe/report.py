@@ -338,7 +338,7 @@ def _routing_table(agg: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------ examples
 def _token_highlights(exp, modality: str) -> str:
-    from .explain.explanation import shown_tokens
+    from .explain.results import shown_tokens
 
     rows = []
     tokens = exp.tokens.get(modality, [])
@@ -402,7 +402,7 @@ def _example_column(name: str, exp, images: dict[str, Any]) -> str:
 def _example_section(entry: dict[str, Any], label_names: dict[int, str], root: Path | None) -> str:
     from PIL import Image
 
-    from .explain.explanation import Explanation
+    from .explain.results import Explanation
 
     images, texts = {}, []
     for m, value in (entry.get("inputs") or {}).items():

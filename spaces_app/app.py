@@ -50,7 +50,7 @@ def _ensure_package() -> None:
 
 _ensure_package()
 
-from modeling_fli2moe.explain.explanation import shown_tokens  # noqa: E402
+from modeling_fli2moe.explain.results import shown_tokens  # noqa: E402
 from modeling_fli2moe.report import OUTPUT_UNITS, feature_locality_note  # noqa: E402  (units and the leak note)
 
 try:  # ZeroGPU Spaces: the GPU is attached only inside functions decorated with @spaces.GPU
@@ -227,8 +227,9 @@ def explain(image, caption, budget, n_candidates, seed, progress=gr.Progress()):
         progress(0.1 + 0.85 * frac, desc=desc)
 
     try:
-        exp = service.explainer.explain(
-            inputs={"text": caption, "image": image},
+        explainer = service.explainer
+        exp = explainer.explain(
+            explainer.prepare({"text": caption, "image": image}),
             budget=int(budget),
             n_candidates=int(n_candidates),
             random_state=int(seed),
@@ -306,7 +307,7 @@ def _masking_figure(exp):
 
 def _region_words() -> str:
     """How the pairs table numbers image regions, from the checkpoint's image grid."""
-    from modeling_fli2moe.explain.explanation import grid_shape
+    from modeling_fli2moe.explain.results import grid_shape
 
     config = getattr(SERVICE, "config", None)
     image = next((m for m in (config.modalities if config is not None else []) if m["name"] == "image"), None)

@@ -9,10 +9,15 @@ import torch
 from modeling_fli2moe import FLI2MoEModel
 from modeling_fli2moe.explain.attribution import (
     ATTRIBUTION_METHODS,
-    AttributionMaps,
+    AttentionRolloutGrad,
+    GradientXInput,
+    IntegratedGradients,
+    Occlusion,
     attribute,
     rollout,
 )
+from modeling_fli2moe.explain.game import ExplainedExample
+from modeling_fli2moe.explain.results import AttributionMaps
 from modeling_fli2moe.testing.models import random_inputs, tiny_config
 
 PLANTED_TEXT, PLANTED_IMAGE, PLANTED_POSITION = 6, 8, 2
@@ -90,7 +95,7 @@ def test_planted_token_is_top(mixture, method):
     with torch.no_grad():
         assert (model(features=features).logits.argmax(-1) == labels).float().mean() > 0.95
     for example in planted_examples():
-        maps = attribute(model, example, method=method)
+        maps = attribute(ExplainedExample(model, example), method=method)
         expected_heads = ["mixture"] if mixture == "dense" else model.config.expert_names + ["mixture"]
         assert maps.heads == expected_heads
         assert top_token(maps, "mixture") == ("text", PLANTED_POSITION), maps["mixture"]
@@ -105,7 +110,7 @@ def test_maps_are_zero_at_padding_and_non_players(method):
                                    generator=torch.Generator().manual_seed(2))
     mask["text"][0, 5:] = 0
     player_mask = {"text": torch.tensor([0, 1, 1, 1, 1, 1, 1])}
-    maps = attribute(model, features, mask, player_mask, method=method)
+    maps = attribute(ExplainedExample(model, features, mask, player_mask), method=method)
     players = {"text": torch.tensor([0, 1, 1, 1, 1, 0, 0], dtype=torch.bool), "image": mask["image"][0].bool()}
     assert not players["image"].all()  # the image has padding too
     for head in maps.heads:
@@ -129,7 +134,7 @@ def test_gradient_x_input_matches_a_per_head_backward():
         model = FLI2MoEModel(tiny_config()).eval()
         model.set_modality_means({"text": torch.randn(12), "image": torch.randn(20)})
     features, mask = random_inputs(model.config, batch_size=1, generator=torch.Generator().manual_seed(4))
-    maps = attribute(model, features, mask, method="gradient_x_input")
+    maps = attribute(ExplainedExample(model, features, mask), method="gradient_x_input")
     means = model.get_modality_means()
     names = model.config.expert_names
     for head in maps.heads:
@@ -147,7 +152,7 @@ def test_rollout_matches_a_per_expert_reference():
     """One shared backward for all experts equals one backward per expert, rolled out in a plain loop."""
     model = planted_model("interaction")
     example = planted_examples(1)[0]
-    maps = attribute(model, example, heads=model.config.expert_names)
+    maps = attribute(ExplainedExample(model, example), heads=model.config.expert_names)
     assert model.config._attn_implementation == "sdpa"  # attribute switched to eager for the maps and back
     model.set_attn_implementation("eager")
     try:
@@ -172,9 +177,10 @@ def test_rollout_matches_a_per_expert_reference():
 def test_mixture_rollout_is_the_router_weighted_sum_of_expert_rollouts():
     model = planted_model("interaction")
     example = planted_examples(1)[0]
-    mixture = attribute(model, example, heads=["mixture"])
+    prepared = ExplainedExample(model, example)
+    mixture = attribute(prepared, heads=["mixture"])
     target = mixture.targets["mixture"]
-    experts = attribute(model, example, heads=model.config.expert_names, target=target)
+    experts = attribute(prepared, heads=model.config.expert_names, target=target)
     for n in model.modality_names:
         combined = sum(mixture.expert_weights[e] * experts[e][n] for e in model.config.expert_names)
         torch.testing.assert_close(mixture["mixture"][n], combined, atol=1e-6, rtol=1e-5)
@@ -197,16 +203,43 @@ def test_rollout_function():
 
 def test_attribute_errors():
     model = planted_model("interaction")
-    example = planted_examples(1)[0]
+    features = planted_examples(1)[0]
+    example = ExplainedExample(model, features)
     with pytest.raises(ValueError, match="unknown attribution method"):
-        attribute(model, example, method="lime")
+        attribute(example, method="lime")
     with pytest.raises(ValueError, match="unknown head"):
-        attribute(model, example, heads=["nope"])
+        attribute(example, heads=["nope"])
     with pytest.raises(ValueError, match="batch size 2"):
-        attribute(model, {k: v.expand(2, -1, -1) for k, v in example.items()})
+        ExplainedExample(model, {k: v.expand(2, -1, -1) for k, v in features.items()})
+    with pytest.raises(TypeError, match=r"attribute takes an ExplainedExample, got FLI2MoEModel: prepare"):
+        attribute(model, example)
+    with pytest.raises(TypeError, match=r"GradientXInput.attribute takes an ExplainedExample, got dict"):
+        GradientXInput().attribute(features)
     with pytest.raises(ValueError, match="target"):
-        attribute(model, example, target=5)
-    maps = attribute(model, example, heads=["synergy", 1], method="gradient_x_input")
+        attribute(example, target=5)
+    maps = attribute(example, heads=["synergy", 1], method="gradient_x_input")
     assert maps.heads == ["synergy", "uniqueness_image"]
     with pytest.raises(KeyError, match="no map for head"):
         maps["mixture"]
+
+
+def test_one_class_per_method_behind_the_names():
+    """`attribute(example, method=name)` is the class registered under that name, with the options it takes."""
+    assert ATTRIBUTION_METHODS == {"occlusion": Occlusion, "attn_rollout_grad": AttentionRolloutGrad,
+                                   "integrated_gradients": IntegratedGradients, "gradient_x_input": GradientXInput}
+    assert all(cls.name == name for name, cls in ATTRIBUTION_METHODS.items())
+    model = planted_model("interaction")
+    example = ExplainedExample(model, planted_examples(1)[0])
+    for by_name, by_class in [
+        (attribute(example, method="integrated_gradients", heads=["mixture"], n_steps=4),
+         IntegratedGradients(n_steps=4).attribute(example, heads=["mixture"])),
+        (attribute(example, method="occlusion", heads=["synergy"], output="probability", chunk_size=7),
+         Occlusion(output="probability", chunk_size=7).attribute(example, heads=["synergy"])),
+        (attribute(example, method="gradient_x_input"), GradientXInput().attribute(example)),
+    ]:
+        assert by_name.method == by_class.method and by_name.targets == by_class.targets
+        for head in by_name.heads:
+            for name in model.modality_names:
+                torch.testing.assert_close(by_name[head][name], by_class[head][name], rtol=0, atol=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):  # occlusion's games check them
+        attribute(example, method="occlusion", colour="red")

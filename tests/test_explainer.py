@@ -8,8 +8,7 @@ import torch
 
 from modeling_fli2moe import FLI2MoEModel, kernels
 from modeling_fli2moe.explain import Explainer, Explanation, ExplainedExample, FeatureGame
-from modeling_fli2moe.explain.faithfulness import FaithfulnessResult
-from modeling_fli2moe.explain.pair_masking import PairMaskingResult
+from modeling_fli2moe.explain.results import FaithfulnessResult, PairMaskingResult
 from modeling_fli2moe.testing.compare import assert_same_values
 from modeling_fli2moe.testing.models import tiny_config
 
@@ -40,7 +39,8 @@ def tiny_inputs() -> dict:
 
 def tiny_explanation(**options) -> Explanation:
     """The tiny model's explanation at the Explainer's defaults (fp32, so that it is the same on every CPU)."""
-    return Explainer(tiny_model(), autocast_dtype=None).explain(**tiny_inputs(), random_state=0, **options)
+    explainer = Explainer(tiny_model(), autocast_dtype=None)
+    return explainer.explain(explainer.prepare(**tiny_inputs()), random_state=0, **options)
 
 
 def assert_same(got, want, where="explanation"):
@@ -111,16 +111,15 @@ def test_prepared_example_and_its_games():
     assert isinstance(example, ExplainedExample)
     assert example.tokens["text"][1] == "fl" and example.tokens["image"][4] == "image 1,1"  # 9 patches: a 3 x 3 grid
     assert example.player_mask["text"].tolist() == [False, True, True, True, True, True, False]
-    # passing the prepared example gives the same explanation as passing the inputs
-    a = explainer.explain(example, random_state=0)
-    b = explainer.explain(**inputs, random_state=0)
-    a.seconds = b.seconds = 0.0
-    assert a == b
-    with pytest.raises(ValueError, match="carries its own"):
-        explainer.explain(example, tokens=inputs["tokens"])
-    # a game made from the example equals the game made from the raw features, and shares its references
-    own = FeatureGame(model, inputs["features"], inputs["attention_mask"], inputs["player_mask"], head="synergy",
-                      groups=inputs["groups"], output="probability")
+    # explain takes the prepared example, and only that: anything else is refused, naming prepare
+    with pytest.raises(TypeError, match=r"Explainer.explain takes an ExplainedExample, got dict: prepare"):
+        explainer.explain(inputs["features"], random_state=0)
+    with pytest.raises(ValueError, match="prepared for another model"):
+        Explainer(tiny_model(), autocast_dtype=None).explain(example, random_state=0)
+    # a game made from the example equals the game made from a fresh example of the same features, and shares
+    # its references with the example's other games
+    fresh = ExplainedExample(model, inputs["features"], inputs["attention_mask"], inputs["player_mask"])
+    own = FeatureGame(fresh, head="synergy", groups=inputs["groups"], output="probability")
     shared = example.game_for("synergy", output="probability")
     assert shared.example is example and shared.players == own.players and shared.target == own.target
     assert shared.value_full == pytest.approx(own.value_full, abs=1e-7)
@@ -137,9 +136,12 @@ def test_faithfulness_for_maps_refuses_maps_of_other_players():
     model = tiny_model()
     inputs = tiny_inputs()
     example = ExplainedExample(model, inputs["features"], inputs["attention_mask"], inputs["player_mask"])
-    maps = attribute(model, inputs["features"], inputs["attention_mask"], method="gradient_x_input", heads=["mixture"])
+    every_token = ExplainedExample(model, inputs["features"], inputs["attention_mask"])  # [CLS] a player too
+    maps = attribute(every_token, method="gradient_x_input", heads=["mixture"])
     with pytest.raises(ValueError, match="other players"):
+        faithfulness_for_maps(example, maps)
+    with pytest.raises(TypeError, match="faithfulness_for_maps takes an ExplainedExample, got FLI2MoEModel"):
         faithfulness_for_maps(model, example, maps)
-    same = attribute(model, example, method="gradient_x_input", heads=["mixture"])
-    results = faithfulness_for_maps(model, example, same, n_random=2, random_state=0)
+    same = attribute(example, method="gradient_x_input", heads=["mixture"])
+    results = faithfulness_for_maps(example, same, n_random=2, random_state=0)
     assert set(results) == {"mixture"} and results["mixture"].per_modality["text"].n_players == 5

@@ -64,8 +64,8 @@ def test_explainer_finds_planted_pairs(planted_run):
         rows = [r for r in ds["test"] if r["kind"] == kind and r["text_positions"] and r["image_regions"]][:10]
         assert len(rows) == 10
         for i, row in enumerate(rows):
-            exp = explainer.explain(inputs={"text": row["text"], "image": row["image"]}, random_state=i,
-                                    faithfulness=False, pair_masking=False)
+            example = explainer.prepare({"text": row["text"], "image": row["image"]})
+            exp = explainer.explain(example, random_state=i, faithfulness=False, pair_masking=False)
             assert exp.feature_locality == {"text": "local", "image": "local"}
             assert exp.players == "words" and exp.n_contexts >= 30
             assert any("trained to read as unknown" in note for note in exp.notes), exp.notes

@@ -9,19 +9,15 @@ import torch
 
 from modeling_fli2moe.explain.attribution import attribute
 from modeling_fli2moe.explain.faithfulness import (
-    FaithfulnessResult,
     concentration,
     faithfulness,
     faithfulness_for_maps,
     specificity,
     top_k_count,
 )
-from modeling_fli2moe.explain.game import FeatureGame
-from modeling_fli2moe.explain.pair_masking import (
-    PairMaskingResult,
-    pair_masking,
-    paired_test,
-)
+from modeling_fli2moe.explain.game import ExplainedExample, FeatureGame
+from modeling_fli2moe.explain.pair_masking import pair_masking, paired_test
+from modeling_fli2moe.explain.results import FaithfulnessResult, PairMaskingResult
 
 from .test_attribution import PLANTED_POSITION, planted_examples, planted_model
 
@@ -47,8 +43,8 @@ class CountingGame:
 @pytest.fixture(scope="module")
 def planted():
     model = planted_model("interaction")
-    example = planted_examples(1)[0]
-    maps = attribute(model, example, method="integrated_gradients", heads=["mixture"])
+    example = ExplainedExample(model, planted_examples(1)[0])
+    maps = attribute(example, method="integrated_gradients", heads=["mixture"])
     return model, example, maps
 
 
@@ -60,7 +56,7 @@ def test_top_k_count():
 
 def test_faithfulness_on_the_planted_model(planted):
     model, example, maps = planted
-    game = CountingGame(FeatureGame(model, example, head="mixture", output="probability"))
+    game = CountingGame(FeatureGame(example, head="mixture", output="probability"))
     result = faithfulness(game, maps["mixture"], n_random=10, random_state=0)
     # every variant in one batch: full input + per group (text, image, all) 2 x 5 K x 11 orders
     assert game.calls == [(1 + 3 * 2 * 5 * 11, game.n_players)]
@@ -85,7 +81,7 @@ def test_faithfulness_on_the_planted_model(planted):
 
 def test_faithfulness_is_deterministic_and_serialises(planted):
     model, example, maps = planted
-    game = FeatureGame(model, example, output="probability")
+    game = FeatureGame(example, output="probability")
     a = faithfulness(game, maps["mixture"], n_random=3, random_state=5, include_all=False)
     b = faithfulness(game, maps["mixture"], n_random=3, random_state=np.random.default_rng(5))
     c = faithfulness(game, maps["mixture"], n_random=3, random_state=6, include_all=False)
@@ -104,10 +100,10 @@ def test_faithfulness_is_deterministic_and_serialises(planted):
 
 def test_faithfulness_for_maps_and_errors(planted):
     model, example, maps = planted
-    results = faithfulness_for_maps(model, example, maps, n_random=2, random_state=0, k_percents=(10, 50))
+    results = faithfulness_for_maps(example, maps, n_random=2, random_state=0, k_percents=(10, 50))
     assert list(results) == ["mixture"] and results["mixture"].output == "probability"
     assert results["mixture"].per_modality["text"].n_tokens == [1, 3]
-    game = FeatureGame(model, example, output="probability")
+    game = FeatureGame(example, output="probability")
     with pytest.raises(ValueError, match="k_percents"):
         faithfulness(game, maps["mixture"], k_percents=(0, 10))
     with pytest.raises(ValueError, match="n_random"):
@@ -162,7 +158,7 @@ def test_specificity():
 
 def test_specificity_of_attribution_maps_uses_their_player_mask(planted):
     model, example, _ = planted
-    maps = attribute(model, example, method="gradient_x_input")
+    maps = attribute(example, method="gradient_x_input")
     result = specificity(maps)
     assert result.heads == maps.heads
     for head in maps.heads:
@@ -217,12 +213,6 @@ def test_pair_masking_matches_shared_tokens():
     scores = [3.0 if p == (0, 4) else 2.0 if p == (0, 5) else 2.5 if p == (0, 6) else 0.0 for p in CROSS_POOL]
     result = pair_masking(ToyGame(), CROSS_POOL, scores, pair_counts=(2, 3, 100), n_random=10, random_state=1)
     assert result.pair_counts == [2, 3]  # 100 > 16 pairs: skipped
-    # the earlier keyword still works, with a warning
-    with pytest.warns(DeprecationWarning, match="pair_counts"):
-        old = pair_masking(ToyGame(), CROSS_POOL, scores, budgets=(2, 3, 100), n_random=10, random_state=1)
-    assert old == result
-    with pytest.warns(DeprecationWarning, match="pair_counts"):
-        assert old.budgets == [2, 3]
     assert result.steps[0].pairs == [[0, 4], [0, 6]] and result.steps[0].n_tokens == 3
     assert result.steps[1].n_tokens == 4
     for step in result.steps:
@@ -247,7 +237,7 @@ def test_pair_masking_errors():
 
 def test_pair_masking_on_a_feature_game(planted):
     model, example, _ = planted
-    game = FeatureGame(model, example, output="probability")
+    game = FeatureGame(example, output="probability")
     text, image = game.players_of("text").tolist(), game.players_of("image").tolist()
     pool = torch.tensor([(t, i) for t in text[:4] for i in image[:4]])
     scores = torch.tensor([1.0 if t == PLANTED_POSITION else 0.0 for t, _ in pool.tolist()]) + torch.linspace(0, 0.1, 16)

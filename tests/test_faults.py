@@ -524,7 +524,8 @@ def explainer():
 
 def _explain(explainer, **kw):
     exp, feats, masks = explainer
-    return exp.explain(features=feats, attention_mask=masks, budget=160, faithfulness=False, pair_masking=False, **kw)
+    example = exp.prepare(features=feats, attention_mask=masks)
+    return exp.explain(example, budget=160, faithfulness=False, pair_masking=False, **kw)
 
 
 @pytest.mark.parametrize(
@@ -554,7 +555,7 @@ def test_explainer_uses_eval_mode_even_if_the_model_was_switched_to_train(explai
 
 def test_dataset_explanation_names_a_missing_or_empty_checkpoint(tmp_path):
     """`fli2moe explain` checks the folder before AutoModel (whose own message does not say what is wrong)."""
-    from modeling_fli2moe.explain.dataset_evaluation import run_dataset_explanation
+    from modeling_fli2moe.dataset_evaluation import run_dataset_explanation
     from modeling_fli2moe.integrity import CheckpointError
 
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -5,13 +5,10 @@ import pytest
 import torch
 
 from modeling_fli2moe import FLI2MoEModel
-from modeling_fli2moe.explain.game import (
-    FeatureGame,
-    check_random_state,
-    patch_cell_groups,
-    select_target,
-    word_groups,
-)
+from modeling_fli2moe.explain._utils import select_target
+from modeling_fli2moe.explain.game import ExplainedExample, FeatureGame
+from modeling_fli2moe.explain.players import patch_cell_groups, word_groups
+from modeling_fli2moe.random_state import check_random_state
 from modeling_fli2moe.testing.models import tiny_config
 
 
@@ -38,6 +35,11 @@ def example():
     mask = {"text": torch.tensor([[1, 1, 1, 1, 1, 0, 0]]), "image": torch.ones(1, 9, dtype=torch.long)}
     player_mask = {"text": torch.tensor([0, 1, 1, 1, 1, 1, 1])}  # position 0 plays [CLS]
     return features, mask, player_mask
+
+
+def game_of(model, features, mask=None, player_mask=None, **options) -> FeatureGame:
+    """The game of one example given as raw features: made from its `ExplainedExample`."""
+    return FeatureGame(ExplainedExample(model, features, mask, player_mask), **options)
 
 
 def reference_value(model, features, mask, game, coalition, fill):
@@ -70,7 +72,7 @@ def random_coalitions(n, k, seed=0):
 @pytest.mark.parametrize("head", ["mixture", "synergy", 0])
 def test_batched_equals_one_at_a_time(model, example, fill, head):
     features, mask, player_mask = example
-    game = FeatureGame(model, features, mask, player_mask, head=head, fill=fill)
+    game = game_of(model, features, mask, player_mask, head=head, fill=fill)
     assert game.n_players == 4 + 9
     assert game.players[:4] == [("text", 1), ("text", 2), ("text", 3), ("text", 4)]
     assert game.modality_of_player.tolist() == [0] * 4 + [1] * 9
@@ -89,22 +91,22 @@ def test_full_coalition_is_the_models_own_target_logit(model, example):
     with torch.no_grad():
         out = model(features=features, attention_mask=mask)
     for head in ["mixture"] + model.config.expert_names:
-        game = FeatureGame(model, features, mask, player_mask, head=head)
+        game = game_of(model, features, mask, player_mask, head=head)
         logits = out.logits[0] if head == "mixture" else out.expert_logits[0, model.config.expert_names.index(head)]
         assert game.target == [int(logits.argmax())]
         assert game.value_full == pytest.approx(float(logits.max()), abs=1e-5)
         assert game(game.grand_coalition).item() == pytest.approx(float(logits.max()), abs=1e-5)
-    prob = FeatureGame(model, features, mask, head="mixture", output="probability")
+    prob = game_of(model, features, mask, head="mixture", output="probability")
     assert prob.value_full == pytest.approx(float(out.logits[0].softmax(-1).max()), abs=1e-6)
-    fixed = FeatureGame(model, features, mask, target=1)
+    fixed = game_of(model, features, mask, target=1)
     assert fixed.target == [1] and fixed.value_full == pytest.approx(float(out.logits[0, 1]), abs=1e-5)
 
 
 def test_chunking_does_not_change_values(model, example):
     features, mask, player_mask = example
     coalitions = random_coalitions(13, 40, seed=3)
-    whole = FeatureGame(model, features, mask, player_mask, chunk_size=512)(coalitions)
-    chunked_game = FeatureGame(model, features, mask, player_mask, chunk_size=7)
+    whole = game_of(model, features, mask, player_mask, chunk_size=512)(coalitions)
+    chunked_game = game_of(model, features, mask, player_mask, chunk_size=7)
     chunked = chunked_game(coalitions)
     torch.testing.assert_close(whole, chunked, atol=1e-6, rtol=1e-5)
     assert chunked_game.evaluations == 40
@@ -116,7 +118,7 @@ def test_chunking_does_not_change_values(model, example):
 
 def test_remove_mode_masks_tokens(model, example):
     features, mask, player_mask = example
-    game = FeatureGame(model, features, mask, player_mask, fill="remove")
+    game = game_of(model, features, mask, player_mask, fill="remove")
     # removing a player changes the value; it equals running the model without that token
     c = torch.ones(1, game.n_players, dtype=torch.bool)
     c[0, 2] = False
@@ -136,11 +138,11 @@ def test_groups(model, example):
     assert patch_cell_groups((2, 2), (1, 2), offset=1) == [[1, 2], [3, 4]]
     assert word_groups([None, 0, 0, 1, None, 2, 2]) == [[1, 2], [3], [5, 6]]
     words = word_groups([None, 0, 0, 1, 2, None, None])
-    game = FeatureGame(model, features, mask, player_mask, groups={"text": words, "image": cells})
+    game = game_of(model, features, mask, player_mask, groups={"text": words, "image": cells})
     assert game.n_players == 3 + 4
     assert game.player_positions == [[1, 2], [3], [4], [0, 1, 3, 4], [2, 5], [6, 7], [8]]
     assert game.players[3] == ("image", 0)
-    flat = FeatureGame(model, features, mask, player_mask)
+    flat = game_of(model, features, mask, player_mask)
     coalitions = random_coalitions(game.n_players, 12, seed=5)
     # the same coalitions on the ungrouped game: every member follows its group
     group_of = {(game.players[g][0], pos): g for g, members in enumerate(game.player_positions) for pos in members}
@@ -148,7 +150,7 @@ def test_groups(model, example):
     expanded = coalitions[:, column]
     torch.testing.assert_close(game(coalitions), flat(expanded), atol=1e-6, rtol=1e-5)
     # the same grouping by ungrouped player indices (text players 0..3, image players 4..12)
-    by_index = FeatureGame(model, features, mask, player_mask, groups=[[0, 1], [4, 5, 7, 8], [6, 9], [10, 11]])
+    by_index = game_of(model, features, mask, player_mask, groups=[[0, 1], [4, 5, 7, 8], [6, 9], [10, 11]])
     assert by_index.player_positions == [[1, 2], [3], [4], [0, 1, 3, 4], [2, 5], [6, 7], [8]]
     # maps: player scores sum the members, token maps spread back
     token_map = {"text": torch.arange(7.0), "image": torch.ones(9)}
@@ -163,18 +165,18 @@ def test_multilabel_target_and_dense_model(example):
     model = make_model(problem_type="multi_label_classification", num_labels=4)
     with torch.no_grad():
         logits = model.head_logits(features, mask)[0]
-    game = FeatureGame(model, features, mask, player_mask)
+    game = game_of(model, features, mask, player_mask)
     positive = (logits > 0).nonzero().flatten().tolist()
     assert game.target == (positive or [int(logits.argmax())])
     assert game.value_full == pytest.approx(float(logits[game.target].mean()), abs=1e-5)
     assert select_target(torch.tensor([-1.0, -0.5, -2.0]), "multi_label_classification") == [1]
     assert select_target(torch.tensor([1.0, -0.5, 2.0]), "multi_label_classification") == [0, 2]
-    prob = FeatureGame(model, features, mask, player_mask, output="probability")
+    prob = game_of(model, features, mask, player_mask, output="probability")
     assert prob.value_full == pytest.approx(float(torch.sigmoid(logits[game.target]).mean()), abs=1e-6)
 
     dense = make_model(mixture="dense")
     for head in ("mixture", "dense"):
-        game = FeatureGame(dense, features, mask, player_mask, head=head)
+        game = game_of(dense, features, mask, player_mask, head=head)
         with torch.no_grad():
             expected = dense(features=features, attention_mask=mask).logits[0].max()
         assert game.value_full == pytest.approx(float(expected), abs=1e-5)
@@ -183,15 +185,15 @@ def test_multilabel_target_and_dense_model(example):
 def test_autocast_bf16_is_close(model, example):
     features, mask, player_mask = example
     coalitions = random_coalitions(13, 8, seed=2)
-    fp32 = FeatureGame(model, features, mask, player_mask)(coalitions)
-    bf16 = FeatureGame(model, features, mask, player_mask, autocast_dtype=torch.bfloat16)(coalitions)
+    fp32 = game_of(model, features, mask, player_mask)(coalitions)
+    bf16 = game_of(model, features, mask, player_mask, autocast_dtype=torch.bfloat16)(coalitions)
     assert bf16.dtype == torch.float32
     torch.testing.assert_close(bf16, fp32, atol=0.05, rtol=0.05)
 
 
 def test_errors(model, example):
     features, mask, player_mask = example
-    game = FeatureGame(model, features, mask, player_mask)
+    game = game_of(model, features, mask, player_mask)
     with pytest.raises(TypeError, match="BoolTensor"):
         game(torch.ones(2, game.n_players))
     with pytest.raises(TypeError, match="boolean"):
@@ -203,25 +205,29 @@ def test_errors(model, example):
     assert game.evaluations == 0
     batch = {n: x.expand(2, -1, -1) for n, x in features.items()}
     with pytest.raises(ValueError, match="batch size 2"):
-        FeatureGame(model, batch)
+        game_of(model, batch)
+    with pytest.raises(TypeError, match=r"FeatureGame takes an ExplainedExample, got FLI2MoEModel: prepare"):
+        FeatureGame(model, features, mask, player_mask)
+    with pytest.raises(TypeError, match="got dict"):
+        FeatureGame(features)
     with pytest.raises(ValueError, match="no players"):
-        FeatureGame(model, features, mask, player_mask={"text": torch.zeros(7), "image": torch.zeros(9)})
+        game_of(model, features, mask, player_mask={"text": torch.zeros(7), "image": torch.zeros(9)})
     with pytest.raises(ValueError, match="unknown head"):
-        FeatureGame(model, features, mask, head="nope")
-    with pytest.raises(ValueError, match="fill"):
-        FeatureGame(model, features, mask, fill="zero")
+        game_of(model, features, mask, head="nope")
+    with pytest.raises(ValueError, match=r"fill must be one of \['mean', 'remove'\] for a game"):
+        game_of(model, features, mask, fill="zero")
     with pytest.raises(ValueError, match="output"):
-        FeatureGame(model, features, mask, output="prob")
+        game_of(model, features, mask, output="prob")
     with pytest.raises(ValueError, match="target"):
-        FeatureGame(model, features, mask, target=7)
+        game_of(model, features, mask, target=7)
     with pytest.raises(ValueError, match="overlap"):
-        FeatureGame(model, features, mask, groups={"image": [[0, 1], [1, 2]]})
+        game_of(model, features, mask, groups={"image": [[0, 1], [1, 2]]})
     with pytest.raises(ValueError, match="one modality"):
-        FeatureGame(model, features, mask, player_mask, groups=[[0, 5]])
+        game_of(model, features, mask, player_mask, groups=[[0, 5]])
     with pytest.raises(ValueError, match="player index"):
-        FeatureGame(model, features, mask, player_mask, groups=[[99]])
+        game_of(model, features, mask, player_mask, groups=[[99]])
     with pytest.raises(ValueError, match="player_mask\\['text'\\] has 3 entries"):
-        FeatureGame(model, features, mask, player_mask={"text": torch.ones(3)})
+        game_of(model, features, mask, player_mask={"text": torch.ones(3)})
 
 
 def test_check_random_state():

@@ -121,7 +121,7 @@ def test_card_body_sections(checkpoint: Path):
     assert 'AutoModel.from_pretrained("me/fli2moe", trust_remote_code=True)' in text
     assert "from modeling_fli2moe.explain import Explainer" in text
     assert 'example = {"text": "a short example text", "image": "image.png"}' in text
-    assert "Explainer(model, processor).explain(example, random_state=0)" in text  # runs in tests/test_snippets.py
+    assert "explainer.explain(explainer.prepare(example), random_state=0)" in text  # runs in tests/test_snippets.py
     assert "| macro_f1 | 0.6100 |" in text and "| roc_auc_micro | n/a |" in text
     assert "test_runtime" not in text and "samples_per_second" not in text
     # both papers as BibTeX

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from modeling_fli2moe import FLI2MoEConfig, FLI2MoEModel
-from modeling_fli2moe.explain import FeatureGame
+from modeling_fli2moe.explain import ExplainedExample, FeatureGame
 from modeling_fli2moe.explain.input_game import InputGame
 from modeling_fli2moe.explain.leakage import cue_decodability, masking_survival
 from modeling_fli2moe.explain.occlusion import occlusion_effects
@@ -64,8 +64,8 @@ def _value_of(model, processor, inputs, game) -> float:
     """The value, with the game's head, target and output, of the full input `inputs` (a feature game
     built on what the processor makes of it)."""
     enc = processor(inputs)
-    fg = FeatureGame(model, enc["features"], enc["attention_mask"], head=game.head, output=game.output,
-                     target=game.target)
+    fg = FeatureGame(ExplainedExample(model, enc["features"], enc["attention_mask"]), head=game.head,
+                     output=game.output, target=game.target)
     return fg.value_full
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_fli2moe.explain.result_interactions import InteractionResult
+from modeling_fli2moe.explain.results import InteractionResult
 from modeling_fli2moe.explain.shapley import (
     MAX_EXACT_PLAYERS,
     PairInteractionApproximator,
@@ -289,10 +289,16 @@ def test_approximator_class_and_adaptors():
     shapiq = pytest.importorskip("shapiq")
     n = 8
     game = MLPGame(n, random_state=2)
-    approximator = PairInteractionApproximator(500, random_state=0)
-    result = approximator.approximate(game, n, [(0, 4)])
-    assert repr(approximator) == "PairInteractionApproximator(budget=500, batch_size=1024, antithetic=True, border=True)"
-    assert len(result) == 1 and result.evaluations <= 500
+    approximator = PairInteractionApproximator(n, [(0, 4)], random_state=0)
+    result = approximator.approximate(500, game)  # shapiq's call: approximate(budget, game)
+    assert repr(approximator) == ("PairInteractionApproximator(n_players=8, pairs=1, batch_size=1024, antithetic=True, "
+                                  "border=True)")
+    assert len(result) == 1 and result.evaluations <= 500 and result.budget == 500
+    # the same as the function form, and a game of another size is refused
+    same = shapley_interactions(game, n, [(0, 4)], budget=500, random_state=0)
+    np.testing.assert_array_equal(result.sii, same.sii)
+    with pytest.raises(ValueError, match="the game has 9 players, but this approximator was made for n_players=8"):
+        approximator.approximate(500, MLPGame(9, random_state=2))
     shapiq_game = to_shapiq_game(game, n)
     assert isinstance(shapiq_game, shapiq.Game)
     back = torch_value_fn(shapiq_game)

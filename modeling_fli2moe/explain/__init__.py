@@ -1,19 +1,27 @@
 """Explanations of FL-I2MoE: games, attributions, Shapley interactions, redundancy gaps, pair masking.
 
-Public names live here (captum-style); each method has its own module.
+Public names live here (captum-style); each method has its own module, and every result type they return
+lives in `results`.
 """
 
-from .attribution import AttributionMaps, attribute
-from .example import ExplainedExample
+from .attribution import attribute
 from .explainer import Explainer
-from .explanation import Explanation, InteractionPair
 from .faithfulness import concentration, faithfulness, faithfulness_for_maps, specificity
-from .game import FeatureGame
+from .game import ExplainedExample, FeatureGame
 from .input_game import InputGame
-from .leakage import CueDecodability, MaskingSurvival, cue_decodability, masking_survival
-from .occlusion import OcclusionEffects, occlusion_effects
-from .pair_masking import PairMaskingResult, pair_masking, paired_test
-from .result_interactions import InteractionResult
+from .leakage import cue_decodability, masking_survival
+from .occlusion import occlusion_effects
+from .pair_masking import pair_masking, paired_test
+from .results import (
+    AttributionMaps,
+    CueDecodability,
+    Explanation,
+    InteractionPair,
+    InteractionResult,
+    MaskingSurvival,
+    OcclusionEffects,
+    PairMaskingResult,
+)
 from .shapley import PairInteractionApproximator, exact_shapley_interactions, shapley_interactions
 
 __all__ = [

@@ -1,8 +1,9 @@
-"""Expert-wise token attribution maps for one example.
+"""Expert-wise token attribution maps for one example: one class per method, captum style.
 
 One map per expert (from that expert's own target logit) and one for the mixture, by
+`Method(**options).attribute(example, heads=..., target=...)`, each method a class behind its name:
 
-- ``attn_rollout_grad`` (default): gradient-weighted attention rollout. Per layer
+- ``attn_rollout_grad`` (`AttentionRolloutGrad`, `attribute`'s default): gradient-weighted attention rollout. Per layer
   ``mean_heads(relu(A) * relu(dA)) + I``, row-normalised, multiplied over layers; a token's importance
   is the mean over the (valid) query rows. ``A`` is the expert's own attention map and ``dA`` the
   gradient of the head's target logit with respect to it. Our choice for the mixture: the
@@ -11,11 +12,11 @@ One map per expert (from that expert's own target logit) and one for the mixture
   ``sum_e w_e logit_e`` and the router does not see the attention maps, this is the gradient of the
   mixture logit with respect to expert e's maps divided by ``w_e`` (so ``relu(dA)`` keeps its scale
   against the identity), then weighted by ``w_e`` at the end.
-- ``integrated_gradients``: captum's `IntegratedGradients` on the raw features, baseline = the
+- ``integrated_gradients`` (`IntegratedGradients`): captum's `IntegratedGradients` on the raw features, baseline = the
   modality's dataset-mean token (the masking fill), summed over the feature dimension, absolute value.
-- ``gradient_x_input``: `|sum_d grad_d * (x_d - mean_d)|` with the same mean-token reference as IG
+- ``gradient_x_input`` (`GradientXInput`): `|sum_d grad_d * (x_d - mean_d)|` with the same mean-token reference as IG
   (with zero means it is the classical gradient x input; it is IG with a single step).
-- ``occlusion``: each player's first-order effect on the head's own game (see `occlusion.py`):
+- ``occlusion`` (`Occlusion`): each player's first-order effect on the head's own game (see `occlusion.py`):
   `(|v(N) - v(N without i)| + |v({i}) - v(empty)|) / 2`, absent tokens filled with the mean token as in every
   game, spread evenly over the player's tokens (`groups`: e.g. word-pieces into words). It measures
   what masking does, so it is what top-K% masking and pair search are checked against; it costs
@@ -25,70 +26,33 @@ All heads are done together: rollout runs one forward with attention maps and tw
 (the experts' targets share one, since expert e's logit depends only on expert e's maps); the gradient
 methods replicate the example once per head along the batch, so every head's gradient comes out of one
 backward pass.
+
+`attribute(example, method=name, ...)` is the function form: it looks the class up by name in
+`ATTRIBUTION_METHODS` (the registry `Explainer(method=...)` chooses from) and gives it the options it takes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ._utils import check_target, eager_attention, eval_mode, resolve_head, select_target, target_values
-from .example import ExplainedExample
+from .game import ExplainedExample, require_example
+from .results import AttributionMaps
 
-__all__ = ["ATTRIBUTION_METHODS", "AttributionMaps", "attribute", "default_heads", "rollout"]
-
-ATTRIBUTION_METHODS = ("occlusion", "attn_rollout_grad", "integrated_gradients", "gradient_x_input")
-
-
-@dataclass
-class AttributionMaps:
-    """Token-importance maps `maps[head][modality] -> (T_m,)` (zero at non-players) of one example.
-
-    `player_mask[modality] -> (T_m,)` bool marks the players; `targets[head]` the labels each head's
-    map explains; `expert_weights[expert]` the router weights of the example.
-    """
-
-    method: str
-    maps: dict[str, dict[str, torch.Tensor]]
-    player_mask: dict[str, torch.Tensor]
-    targets: dict[str, list[int]] = field(default_factory=dict)
-    expert_weights: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def heads(self) -> list[str]:
-        return list(self.maps)
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.player_mask)
-
-    def __getitem__(self, head: str) -> dict[str, torch.Tensor]:
-        if head not in self.maps:
-            raise KeyError(f"no map for head {head!r}; this result has {self.heads}")
-        return self.maps[head]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain lists (JSON-ready; `maps` has the layout of `Explanation.maps`)."""
-        return {
-            "method": self.method,
-            "maps": {h: {m: [float(v) for v in t.tolist()] for m, t in by_mod.items()} for h, by_mod in self.maps.items()},
-            "player_mask": {m: [bool(v) for v in t.tolist()] for m, t in self.player_mask.items()},
-            "targets": {h: list(t) for h, t in self.targets.items()},
-            "expert_weights": dict(self.expert_weights),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AttributionMaps:
-        return cls(
-            method=data["method"],
-            maps={h: {m: torch.tensor(v, dtype=torch.float32) for m, v in by_mod.items()} for h, by_mod in data["maps"].items()},
-            player_mask={m: torch.tensor(v, dtype=torch.bool) for m, v in data["player_mask"].items()},
-            targets={h: [int(x) for x in t] for h, t in data.get("targets", {}).items()},
-            expert_weights={k: float(v) for k, v in data.get("expert_weights", {}).items()},
-        )
+__all__ = [
+    "ATTRIBUTION_METHODS",
+    "AttentionRolloutGrad",
+    "AttributionMethod",
+    "GradientXInput",
+    "IntegratedGradients",
+    "Occlusion",
+    "attribute",
+    "default_heads",
+    "rollout",
+]
 
 
 def default_heads(model: Any) -> list[str]:
@@ -119,11 +83,272 @@ def _split(values: torch.Tensor, lengths: Sequence[int], names: Sequence[str]) -
     return dict(zip(names, values.split(list(lengths), dim=-1)))
 
 
+# ------------------------------------------------------------------------------------------- methods
+class AttributionMethod:
+    """One attribution method: `attribute(example, heads=None, target=None)` gives the `AttributionMaps` of an
+    `ExplainedExample` for every head in `heads`. A subclass sets `name` and computes the raw maps in `_maps`;
+    its constructor takes the method's own options."""
+
+    #: the method's name: `AttributionMaps.method`, and `method=` of `attribute` and `Explainer`
+    name: ClassVar[str] = ""
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        n_steps: int,
+        internal_batch_size: int | None,
+        groups: Mapping[str, Sequence[Sequence[int]]] | None,
+        output: str,
+        game_options: Mapping[str, Any],
+    ) -> AttributionMethod:
+        """The method set up from `attribute`'s keyword arguments: each method takes the ones it uses."""
+        return cls()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def attribute(
+        self,
+        example: ExplainedExample,
+        heads: Sequence[int | str] | None = None,
+        target: int | Sequence[int] | None = None,
+    ) -> AttributionMaps:
+        """Token-importance maps of `example` for every head in `heads`.
+
+        Args:
+            example: the `ExplainedExample` of one example; its model (an `FLI2MoEModel`, interaction mixture
+                or dense baseline) runs in eval mode.
+            heads: `"mixture"`, expert names or indices; default: every expert and the mixture.
+            target: labels to explain for every head; default: each head's own prediction (multi-label: its
+                predicted-positive labels, top-1 if none).
+
+        Returns `AttributionMaps` with non-negative maps `(T_m,)` per head and modality, zero at non-players.
+        """
+        example = require_example(example, f"{type(self).__name__}.attribute")
+        model = example.model
+        head_names = [resolve_head(model, h) for h in (default_heads(model) if heads is None else heads)]
+        if not head_names:
+            raise ValueError("heads is empty; pass None for every expert and the mixture, or a list of heads")
+        head_names = list(dict.fromkeys(head_names))
+        names = list(model.modality_names)
+        players = example.player_mask
+        problem_type = model.config.problem_type
+        expert_names = list(model.config.expert_names)
+
+        with eval_mode(model):
+            out = example.model_output()
+            logits_by_head = {"mixture": out.logits[0]}
+            logits_by_head.update({e: out.expert_logits[0, i] for i, e in enumerate(expert_names)})
+            if target is None:
+                targets = {h: select_target(logits_by_head[h], problem_type) for h in head_names}
+            else:
+                labels = check_target(target, out.logits.shape[-1])
+                targets = {h: labels for h in head_names}
+            weights = out.expert_weights[0].float()
+            raw = self._maps(example, head_names, targets, weights)
+
+        maps = {}
+        for h in head_names:
+            maps[h] = {n: (raw[h][n].detach().float().cpu() * players[n]).clamp_min(0) for n in names}
+        return AttributionMaps(
+            method=self.name,
+            maps=maps,
+            player_mask=dict(players),
+            targets=targets,
+            expert_weights={e: float(weights[i]) for i, e in enumerate(expert_names)},
+        )
+
+    def _maps(
+        self, example: ExplainedExample, head_names: list[str], targets: dict[str, list[int]], weights: torch.Tensor
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Raw maps `{head: {modality: (T_m,)}}` (masked to the players and clamped at 0 by `attribute`)."""
+        raise NotImplementedError
+
+
+class Occlusion(AttributionMethod):
+    """Each player's first-order effect on the head's own game, spread evenly over its tokens.
+
+    Args:
+        groups: the players (see `FeatureGame`); default: the example's.
+        output: the games' value (`logit`, `log_odds` or `probability`).
+        game_options: the other options of the games (fill, chunk_size, autocast_dtype).
+    """
+
+    name = "occlusion"
+
+    def __init__(
+        self, groups: Mapping[str, Sequence[Sequence[int]]] | None = None, output: str = "logit", **game_options: Any
+    ) -> None:
+        self.groups = groups
+        self.output = output
+        self.game_options = dict(game_options)
+
+    @classmethod
+    def from_options(cls, *, n_steps, internal_batch_size, groups, output, game_options) -> Occlusion:
+        return cls(groups=groups, output=output, **game_options)
+
+    def __repr__(self) -> str:
+        options = "".join(f", {k}={v!r}" for k, v in self.game_options.items())
+        return f"Occlusion(groups={self.groups!r}, output={self.output!r}{options})"
+
+    def _maps(self, example, head_names, targets, weights):
+        groups = example.groups if self.groups is None else self.groups
+        result = {}
+        for h in head_names:
+            game = example.game_for(h, target=targets[h], output=self.output, groups=groups, **self.game_options)
+            per_player = example.occlusion_effects(game).score / 2
+            sizes = torch.tensor([len(p) for p in game.player_positions], dtype=torch.float64)
+            result[h] = {n: m.float() for n, m in game.token_map(per_player / sizes).items()}
+        return result
+
+
+def _inputs(example: ExplainedExample) -> tuple[list[str], list[str], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Modality names, expert names, float features and bool masks (on the model's device) of the gradient methods."""
+    model = example.model
+    feats = {n: example.features[n].float() for n in model.modality_names}
+    return list(model.modality_names), list(model.config.expert_names), feats, example.attention_mask
+
+
+class AttentionRolloutGrad(AttributionMethod):
+    """Gradient-weighted attention rollout of every expert; the mixture's map is the router-weighted sum of the
+    experts' rollouts at the mixture's target (see the module docstring)."""
+
+    name = "attn_rollout_grad"
+
+    def _maps(self, example, head_names, targets, weights):
+        model = example.model
+        names, expert_names, feats, masks = _inputs(example)
+        lengths = [feats[n].shape[1] for n in names]
+        query_mask = torch.cat([masks[n][0] for n in names])
+        with torch.enable_grad(), eager_attention(model):  # the implementation that returns the probabilities
+            out = model(features=feats, attention_mask=masks, output_attentions=True)
+            attentions = out.attentions  # L x (E, 1, heads, T, T)
+            stacked = torch.stack([a[:, 0] for a in attentions], dim=1).detach()  # (E, L, heads, T, T)
+            expert_logits = out.expert_logits[0]  # (E, C)
+            objectives = []  # (kind, scalar): one backward per objective
+            experts_wanted = [h for h in head_names if h != "mixture"]
+            if experts_wanted:
+                expert_values = (
+                    target_values(expert_logits[expert_names.index(h)][None], targets[h], "logit", None)[0]
+                    for h in experts_wanted
+                )
+                objectives.append(("experts", sum(expert_values)))
+            if "mixture" in head_names:
+                # every expert's logit at the mixture's target: grad wrt expert e's maps = d(mixture)/dA_e / w_e
+                objectives.append(("mixture", target_values(expert_logits, targets["mixture"], "logit", None).sum()))
+            grads = {}
+            for i, (kind, objective) in enumerate(objectives):
+                g = torch.autograd.grad(objective, attentions, retain_graph=i + 1 < len(objectives))
+                grads[kind] = torch.stack([x[:, 0] for x in g], dim=1)  # (E, L, heads, T, T)
+        result = {}
+        if "experts" in grads:
+            per_expert = rollout(stacked, grads["experts"], query_mask)  # (E, T)
+            for h in head_names:
+                if h != "mixture":
+                    result[h] = _split(per_expert[expert_names.index(h)], lengths, names)
+        if "mixture" in grads:
+            per_expert = rollout(stacked, grads["mixture"], query_mask)  # (E, T)
+            mixed = (weights.to(per_expert.dtype)[:, None] * per_expert).sum(0)
+            result["mixture"] = _split(mixed, lengths, names)
+        return result
+
+
+class _FeatureGradient(AttributionMethod):
+    """A gradient method on the frozen features against the modality's dataset-mean token: the example is
+    replicated once per head along the batch, so every head's gradient comes out of one backward pass; a
+    subclass turns the per-head values into attributions (`_attributions`)."""
+
+    def _attributions(
+        self,
+        head_values: Any,
+        inputs: tuple[torch.Tensor, ...],
+        baselines: tuple[torch.Tensor, ...],
+        mask_rows: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def _maps(self, example, head_names, targets, weights):
+        model = example.model
+        names, expert_names, feats, masks = _inputs(example)
+        h = len(head_names)
+        means = model.get_modality_means()
+        inputs = tuple(feats[n].expand(h, -1, -1).clone() for n in names)  # one row per head
+        baselines = tuple(means[n].to(feats[n].dtype).expand_as(x).clone() for n, x in zip(names, inputs))
+        mask_rows = tuple(masks[n].expand(h, -1).clone() for n in names)
+        index = [(-1 if hd == "mixture" else expert_names.index(hd)) for hd in head_names]
+
+        def head_values(*args: torch.Tensor) -> torch.Tensor:
+            """`(N, heads)`: every head's target value for every row (captum picks column = row's head)."""
+            xs, ms = args[: len(names)], args[len(names) :]
+            out = model(features=dict(zip(names, xs)), attention_mask=dict(zip(names, ms)))
+            columns = []
+            for hd, i in zip(head_names, index):
+                logits = out.logits if i < 0 else out.expert_logits[:, i]
+                columns.append(target_values(logits, targets[hd], "logit", None))
+            return torch.stack(columns, dim=-1)
+
+        with torch.enable_grad():
+            attributions = self._attributions(head_values, inputs, baselines, mask_rows)
+        return {
+            hd: {n: attributions[j][r].sum(-1).abs() for j, n in enumerate(names)} for r, hd in enumerate(head_names)
+        }
+
+
+class IntegratedGradients(_FeatureGradient):
+    """captum's Integrated Gradients on the frozen features, baseline the modality's dataset-mean token.
+
+    Args:
+        n_steps: integration steps.
+        internal_batch_size: rows per forward pass inside captum (default: all at once).
+    """
+
+    name = "integrated_gradients"
+
+    def __init__(self, n_steps: int = 32, internal_batch_size: int | None = None) -> None:
+        self.n_steps = n_steps
+        self.internal_batch_size = internal_batch_size
+
+    @classmethod
+    def from_options(cls, *, n_steps, internal_batch_size, groups, output, game_options) -> IntegratedGradients:
+        return cls(n_steps=n_steps, internal_batch_size=internal_batch_size)
+
+    def __repr__(self) -> str:
+        return f"IntegratedGradients(n_steps={self.n_steps}, internal_batch_size={self.internal_batch_size})"
+
+    def _attributions(self, head_values, inputs, baselines, mask_rows):
+        from captum.attr import IntegratedGradients as CaptumIntegratedGradients
+
+        return CaptumIntegratedGradients(head_values).attribute(
+            inputs,
+            baselines=baselines,
+            target=list(range(inputs[0].shape[0])),  # row r is head r's copy of the example
+            additional_forward_args=mask_rows,
+            n_steps=self.n_steps,
+            internal_batch_size=self.internal_batch_size,
+        )
+
+
+class GradientXInput(_FeatureGradient):
+    """`|sum_d grad_d (x_d - mean_d)|`: the gradient times the input's difference from the mean-token reference."""
+
+    name = "gradient_x_input"
+
+    def _attributions(self, head_values, inputs, baselines, mask_rows):
+        leaves = tuple(x.requires_grad_(True) for x in inputs)
+        values = head_values(*leaves, *mask_rows)  # (h, h)
+        grads = torch.autograd.grad(values.diagonal().sum(), leaves)
+        return tuple(g * (x.detach() - b) for g, x, b in zip(grads, leaves, baselines))
+
+
+#: the attribution methods by name: the registry `attribute` and `Explainer(method=..., candidates=...)` choose from
+ATTRIBUTION_METHODS: dict[str, type[AttributionMethod]] = {
+    method.name: method for method in (Occlusion, AttentionRolloutGrad, IntegratedGradients, GradientXInput)
+}
+
+
 def attribute(
-    model: Any,
-    features: Mapping[str, torch.Tensor] | ExplainedExample,
-    attention_mask: Mapping[str, torch.Tensor] | None = None,
-    player_mask: Mapping[str, torch.Tensor] | None = None,
+    example: ExplainedExample,
     method: str = "attn_rollout_grad",
     heads: Sequence[int | str] | None = None,
     target: int | Sequence[int] | None = None,
@@ -133,13 +358,13 @@ def attribute(
     output: str = "logit",
     **game_kwargs: Any,
 ) -> AttributionMaps:
-    """Token-importance maps of one example (B = 1) for every head in `heads`.
+    """Token-importance maps of one example for every head in `heads`, by the method named `method`.
 
     Args:
-        model: an `FLI2MoEModel` (interaction mixture or dense baseline); run in eval mode.
-        features / attention_mask / player_mask: as for `FeatureGame` (one example); or `features` an
-            `ExplainedExample` (then the masks come from it, and `occlusion` shares its games' forwards).
-        method: `"attn_rollout_grad"` (default), `"integrated_gradients"` or `"gradient_x_input"`.
+        example: the `ExplainedExample` of one example (`ExplainedExample(model, features, attention_mask,
+            player_mask)` or `Explainer.prepare`); `occlusion` shares its games' forwards.
+        method: a name in `ATTRIBUTION_METHODS`: `"attn_rollout_grad"` (default), `"integrated_gradients"`,
+            `"gradient_x_input"` or `"occlusion"`.
         heads: `"mixture"`, expert names or indices; default: every expert and the mixture.
         target: labels to explain for every head; default: each head's own prediction (multi-label: its
             predicted-positive labels, top-1 if none).
@@ -150,161 +375,10 @@ def attribute(
 
     Returns `AttributionMaps` with non-negative maps `(T_m,)` per head and modality, zero at non-players.
     """
+    example = require_example(example, "attribute")
     if method not in ATTRIBUTION_METHODS:
         raise ValueError(f"unknown attribution method {method!r}; choose one of {list(ATTRIBUTION_METHODS)}")
-    head_names = [resolve_head(model, h) for h in (default_heads(model) if heads is None else heads)]
-    if not head_names:
-        raise ValueError("heads is empty; pass None for every expert and the mixture, or a list of heads")
-    head_names = list(dict.fromkeys(head_names))
-    if isinstance(features, ExplainedExample):
-        if attention_mask is not None or player_mask is not None:
-            raise ValueError("an ExplainedExample carries its own masks; pass attention_mask / player_mask to it")
-        example = features
-    else:
-        example = ExplainedExample(model, features, attention_mask, player_mask)
-    names = list(model.modality_names)
-    players = example.player_mask
-    problem_type = model.config.problem_type
-    expert_names = list(model.config.expert_names)
-
-    with eval_mode(model):
-        out = example.model_output()
-        logits_by_head = {"mixture": out.logits[0]}
-        logits_by_head.update({e: out.expert_logits[0, i] for i, e in enumerate(expert_names)})
-        if target is None:
-            targets = {h: select_target(logits_by_head[h], problem_type) for h in head_names}
-        else:
-            labels = check_target(target, out.logits.shape[-1])
-            targets = {h: labels for h in head_names}
-        weights = out.expert_weights[0].float()
-
-        if method == "occlusion":
-            raw = _occlusion_maps(example, head_names, targets, example.groups if groups is None else groups,
-                                  output, game_kwargs)
-        elif method == "attn_rollout_grad":
-            raw = _rollout_maps(example, head_names, targets, weights)
-        else:
-            raw = _gradient_maps(example, head_names, targets, method, n_steps, internal_batch_size)
-
-    maps = {}
-    for h in head_names:
-        maps[h] = {n: (raw[h][n].detach().float().cpu() * players[n]).clamp_min(0) for n in names}
-    return AttributionMaps(
-        method=method,
-        maps=maps,
-        player_mask=dict(players),
-        targets=targets,
-        expert_weights={e: float(weights[i]) for i, e in enumerate(expert_names)},
+    attributor = ATTRIBUTION_METHODS[method].from_options(
+        n_steps=n_steps, internal_batch_size=internal_batch_size, groups=groups, output=output, game_options=game_kwargs
     )
-
-
-def _occlusion_maps(
-    example: ExplainedExample,
-    head_names: list[str],
-    targets: dict[str, list[int]],
-    groups: Mapping[str, Sequence[Sequence[int]]] | None,
-    output: str,
-    game_kwargs: Mapping[str, Any],
-) -> dict[str, dict[str, torch.Tensor]]:
-    result = {}
-    for h in head_names:
-        game = example.game_for(h, target=targets[h], output=output, groups=groups, **game_kwargs)
-        per_player = example.occlusion_effects(game).score / 2
-        sizes = torch.tensor([len(p) for p in game.player_positions], dtype=torch.float64)
-        result[h] = {n: m.float() for n, m in game.token_map(per_player / sizes).items()}
-    return result
-
-
-def _inputs(example: ExplainedExample) -> tuple[list[str], list[str], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Modality names, expert names, float features and bool masks (on the model's device) of the gradient methods."""
-    model = example.model
-    feats = {n: example.features[n].float() for n in model.modality_names}
-    return list(model.modality_names), list(model.config.expert_names), feats, example.attention_mask
-
-
-def _rollout_maps(
-    example: ExplainedExample, head_names: list[str], targets: dict[str, list[int]], weights: torch.Tensor
-) -> dict[str, dict[str, torch.Tensor]]:
-    model = example.model
-    names, expert_names, feats, masks = _inputs(example)
-    lengths = [feats[n].shape[1] for n in names]
-    query_mask = torch.cat([masks[n][0] for n in names])
-    with torch.enable_grad(), eager_attention(model):  # the implementation that returns the probabilities
-        out = model(features=feats, attention_mask=masks, output_attentions=True)
-        attentions = out.attentions  # L x (E, 1, heads, T, T)
-        stacked = torch.stack([a[:, 0] for a in attentions], dim=1).detach()  # (E, L, heads, T, T)
-        expert_logits = out.expert_logits[0]  # (E, C)
-        objectives = []  # (kind, scalar): one backward per objective
-        experts_wanted = [h for h in head_names if h != "mixture"]
-        if experts_wanted:
-            objectives.append(
-                ("experts", sum(target_values(expert_logits[expert_names.index(h)][None], targets[h], "logit", None)[0]
-                                for h in experts_wanted))
-            )
-        if "mixture" in head_names:
-            # every expert's logit at the mixture's target: grad wrt expert e's maps = d(mixture)/dA_e / w_e
-            objectives.append(("mixture", target_values(expert_logits, targets["mixture"], "logit", None).sum()))
-        grads = {}
-        for i, (kind, objective) in enumerate(objectives):
-            g = torch.autograd.grad(objective, attentions, retain_graph=i + 1 < len(objectives))
-            grads[kind] = torch.stack([x[:, 0] for x in g], dim=1)  # (E, L, heads, T, T)
-    result = {}
-    if "experts" in grads:
-        per_expert = rollout(stacked, grads["experts"], query_mask)  # (E, T)
-        for h in head_names:
-            if h != "mixture":
-                result[h] = _split(per_expert[expert_names.index(h)], lengths, names)
-    if "mixture" in grads:
-        per_expert = rollout(stacked, grads["mixture"], query_mask)  # (E, T)
-        mixed = (weights.to(per_expert.dtype)[:, None] * per_expert).sum(0)
-        result["mixture"] = _split(mixed, lengths, names)
-    return result
-
-
-def _gradient_maps(
-    example: ExplainedExample,
-    head_names: list[str],
-    targets: dict[str, list[int]],
-    method: str,
-    n_steps: int,
-    internal_batch_size: int | None,
-) -> dict[str, dict[str, torch.Tensor]]:
-    model = example.model
-    names, expert_names, feats, masks = _inputs(example)
-    h = len(head_names)
-    means = model.get_modality_means()
-    inputs = tuple(feats[n].expand(h, -1, -1).clone() for n in names)  # one row per head
-    baselines = tuple(means[n].to(feats[n].dtype).expand_as(x).clone() for n, x in zip(names, inputs))
-    mask_rows = tuple(masks[n].expand(h, -1).clone() for n in names)
-    index = [(-1 if hd == "mixture" else expert_names.index(hd)) for hd in head_names]
-
-    def head_values(*args: torch.Tensor) -> torch.Tensor:
-        """`(N, heads)`: every head's target value for every row (captum picks column = row's head)."""
-        xs, ms = args[: len(names)], args[len(names) :]
-        out = model(features=dict(zip(names, xs)), attention_mask=dict(zip(names, ms)))
-        columns = []
-        for hd, i in zip(head_names, index):
-            logits = out.logits if i < 0 else out.expert_logits[:, i]
-            columns.append(target_values(logits, targets[hd], "logit", None))
-        return torch.stack(columns, dim=-1)
-
-    with torch.enable_grad():
-        if method == "integrated_gradients":
-            from captum.attr import IntegratedGradients
-
-            attributions = IntegratedGradients(head_values).attribute(
-                inputs,
-                baselines=baselines,
-                target=list(range(h)),
-                additional_forward_args=mask_rows,
-                n_steps=n_steps,
-                internal_batch_size=internal_batch_size,
-            )
-        else:
-            leaves = tuple(x.requires_grad_(True) for x in inputs)
-            values = head_values(*leaves, *mask_rows)  # (h, h)
-            grads = torch.autograd.grad(values.diagonal().sum(), leaves)
-            attributions = tuple(g * (x.detach() - b) for g, x, b in zip(grads, leaves, baselines))
-    return {
-        hd: {n: attributions[j][r].sum(-1).abs() for j, n in enumerate(names)} for r, hd in enumerate(head_names)
-    }
+    return attributor.attribute(example, heads=heads, target=target)

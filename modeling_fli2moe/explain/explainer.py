@@ -14,12 +14,11 @@ from ..precision import autocast_dtype_for
 from ..random_state import RandomState, check_random_state
 from ._utils import check_int, eval_mode
 from .attribution import ATTRIBUTION_METHODS, attribute
-from .example import ExplainedExample, word_groups
-from .explanation import Explanation, InteractionPair, grid_shape
-from .faithfulness import FaithfulnessResult, faithfulness_for_maps
-from .game import OUTPUTS, FeatureGame
-from .pair_masking import PairMaskingResult
+from .faithfulness import faithfulness_for_maps
+from .game import OUTPUTS, ExplainedExample, FeatureGame, require_example
 from .pair_masking import pair_masking as pair_masking_fn
+from .players import word_groups
+from .results import Explanation, FaithfulnessResult, InteractionPair, PairMaskingResult, grid_shape
 from .shapley import PairInteractionApproximator
 
 Progress = Callable[[float, str], None]
@@ -126,13 +125,8 @@ class Explainer:
     # ---------------------------------------------------------------- explain
     def explain(
         self,
-        inputs: Mapping[str, Any] | ExplainedExample | None = None,
+        example: ExplainedExample,
         *,
-        features: Mapping[str, torch.Tensor] | None = None,
-        attention_mask: Mapping[str, torch.Tensor] | None = None,
-        player_mask: Mapping[str, torch.Tensor] | None = None,
-        tokens: Mapping[str, list[str]] | None = None,
-        groups: Mapping[str, Sequence[Sequence[int]]] | None = None,
         budget: int = 2048,
         n_candidates: int = 6,
         random_state: RandomState = None,
@@ -146,30 +140,25 @@ class Explainer:
     ) -> Explanation:
         """Explain one example: prediction, routing, attribution maps, top synergistic and redundant pairs.
 
-        The example is raw `inputs`, `features` with their masks (as for `prepare`), or an `ExplainedExample`
-        from `prepare` passed as `inputs`. `budget` bounds the coalition evaluations of the pair search on
-        the mixture (the candidates' occlusion effects and the SII / RG estimates; maps, faithfulness and
-        masking come on top); `n_candidates` players per modality (by `candidates`) form the candidate
-        cross-modal pairs; `groups` overrides the players (`{modality: [[token positions], ...]}`);
-        `expert_pairs=True` also estimates SII/RG with each expert as the value function.
+        The example is the `ExplainedExample` that `prepare` makes of raw inputs or of features with their
+        masks (`explainer.explain(explainer.prepare(inputs))`). `budget` bounds the coalition evaluations of
+        the pair search on the mixture (the candidates' occlusion effects and the SII / RG estimates; maps,
+        faithfulness and masking come on top); `n_candidates` players per modality (by `candidates`) form the
+        candidate cross-modal pairs; `expert_pairs=True` also estimates SII/RG with each expert as the value
+        function.
         """
+        example = require_example(example, "Explainer.explain")
+        if example.model is not self.model:
+            raise ValueError("this ExplainedExample was prepared for another model; prepare it with this "
+                             "Explainer's prepare(...)")
         check_int("budget", budget)
         check_int("n_candidates", n_candidates)
         check_int("top_k", top_k)
         if expert_budget is not None:
             check_int("expert_budget", expert_budget)
         rng = check_random_state(random_state)
-        if isinstance(inputs, ExplainedExample):
-            given = [k for k, v in (("features", features), ("attention_mask", attention_mask),
-                                    ("player_mask", player_mask), ("tokens", tokens), ("groups", groups)) if v is not None]
-            if given:
-                raise ValueError(f"an ExplainedExample carries its own {given[0]}; give it to Explainer.prepare")
-            example = inputs
         with eval_mode(self.model):
             t0 = time.perf_counter()
-            if not isinstance(inputs, ExplainedExample):
-                example = self.prepare(inputs, features=features, attention_mask=attention_mask,
-                                       player_mask=player_mask, tokens=tokens, groups=groups)
             return self._explain(example, t0, budget, n_candidates, rng, heads, expert_pairs, expert_budget,
                                  faithfulness, pair_masking, top_k, progress)
 
@@ -212,7 +201,7 @@ class Explainer:
         step(0.15, "attribution maps (per expert and mixture)")
         head_list = list(heads) if heads is not None else (
             ["mixture"] + (expert_names if cfg.mixture == "interaction" else []))
-        maps = attribute(model, example, method=self.method, heads=head_list, output=self.output, **game_options)
+        maps = attribute(example, method=self.method, heads=head_list, output=self.output, **game_options)
 
         step(0.3, "Shapley interactions of the candidate pairs")
         if self.candidates == "occlusion":
@@ -220,7 +209,7 @@ class Explainer:
         elif self.candidates == self.method:
             candidate_scores = game.player_scores(maps.maps["mixture"])
         else:
-            other = attribute(model, example, method=self.candidates, heads=["mixture"], output=self.output,
+            other = attribute(example, method=self.candidates, heads=["mixture"], output=self.output,
                               **game_options)
             candidate_scores = game.player_scores(other.maps["mixture"])
         pairs = self.candidate_pairs(game, candidate_scores, n_candidates)
@@ -229,9 +218,8 @@ class Explainer:
                 f"budget={budget} does not cover the candidate search ({effects.evaluations} evaluations for "
                 f"{game.n_players} players) and the pair estimates; raise budget (the default is 2048)"
             )
-        approximator = PairInteractionApproximator(budget - effects.evaluations, random_state=rng,
-                                                   batch_size=self.chunk_size)
-        result = approximator.approximate(game, game.n_players, pairs)
+        approximator = PairInteractionApproximator(game.n_players, pairs, random_state=rng, batch_size=self.chunk_size)
+        result = approximator.approximate(budget - effects.evaluations, game)
         synergy, redundancy = self._ranked_pairs(game, result, tokens, "mixture", top_k)
         evaluations = int(result.evaluations) + effects.evaluations
 
@@ -240,8 +228,8 @@ class Explainer:
             for i, e in enumerate(expert_names):
                 step(0.45 + 0.2 * i / len(expert_names), f"pairs of the {e} expert")
                 g = example.game_for(e, output=self.output, **game_options)
-                r = PairInteractionApproximator(expert_budget or budget, random_state=rng,
-                                                batch_size=self.chunk_size).approximate(g, g.n_players, pairs)
+                r = PairInteractionApproximator(g.n_players, pairs, random_state=rng,
+                                                batch_size=self.chunk_size).approximate(expert_budget or budget, g)
                 syn_e, red_e = self._ranked_pairs(g, r, tokens, e, top_k)
                 per_expert[e] = {"synergy": syn_e, "redundancy": red_e}
                 evaluations += int(r.evaluations)
@@ -250,7 +238,7 @@ class Explainer:
         if faithfulness:
             step(0.7, "faithfulness: top-K% masking against random tokens")
             # the faithfulness games rank single tokens (a map's K% is of tokens, not of words)
-            faith = faithfulness_for_maps(model, example, maps, heads=head_list, random_state=rng, groups=None,
+            faith = faithfulness_for_maps(example, maps, heads=head_list, random_state=rng, groups=None,
                                           **game_options)
         masking: dict[str, PairMaskingResult] = {}
         if pair_masking:

@@ -20,25 +20,25 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..random_state import RandomState, check_random_state
-from .attribution import AttributionMaps
-from .example import ExplainedExample
-from .game import FeatureGame
+from .game import ExplainedExample, FeatureGame, require_example
+from .results import (
+    AttributionMaps,
+    ConcentrationResult,
+    FaithfulnessCurve,
+    FaithfulnessResult,
+    SpecificityResult,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_K_PERCENTS",
-    "ConcentrationResult",
-    "FaithfulnessCurve",
-    "FaithfulnessResult",
-    "SpecificityResult",
     "concentration",
     "faithfulness",
     "faithfulness_for_maps",
@@ -59,51 +59,7 @@ def _ranking(scores: torch.Tensor) -> torch.Tensor:
     return torch.argsort(-scores.double(), stable=True)
 
 
-# ----------------------------------------------------------------------------------------- faithfulness
-@dataclass
-class FaithfulnessCurve:
-    """Faithfulness of one map on one modality (or ``"all"``); lists are aligned with `k_percent`."""
-
-    k_percent: list[float]
-    n_tokens: list[int]
-    n_players: int
-    comprehensiveness: list[float]
-    sufficiency: list[float]
-    random_comprehensiveness: list[float]
-    random_sufficiency: list[float]
-    random_comprehensiveness_std: list[float]
-    random_sufficiency_std: list[float]
-    aopc_comprehensiveness: float
-    aopc_sufficiency: float
-    random_aopc_comprehensiveness: float
-    random_aopc_sufficiency: float
-    comprehensiveness_gap: float
-    sufficiency_gap: float
-
-
-@dataclass
-class FaithfulnessResult:
-    """Top-K% masking of one example, one head and one map. `per_modality[name]` (plus ``"all"``)."""
-
-    head: str
-    output: str
-    fill: str
-    p_full: float
-    n_random: int
-    evaluations: int
-    per_modality: dict[str, FaithfulnessCurve] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types; `per_modality[m]` has the keys `Explanation.plot_faithfulness` reads."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FaithfulnessResult:
-        data = dict(data)
-        data["per_modality"] = {m: FaithfulnessCurve(**c) for m, c in data.get("per_modality", {}).items()}
-        return cls(**data)
-
-
+# -------------------------------------------------------------------------------------- faithfulness
 def _scores_of(game: FeatureGame, token_map: Any) -> torch.Tensor:
     """Per-player scores from a token map `{name: (T_m,)}` or a `(n_players,)` vector."""
     if isinstance(token_map, Mapping):
@@ -208,10 +164,8 @@ def faithfulness(
 
 
 def faithfulness_for_maps(
-    model: Any,
-    features: Mapping[str, torch.Tensor] | ExplainedExample,
+    example: ExplainedExample,
     maps: AttributionMaps,
-    attention_mask: Mapping[str, torch.Tensor] | None = None,
     heads: Sequence[str] | None = None,
     k_percents: Sequence[float] = DEFAULT_K_PERCENTS,
     n_random: int = 10,
@@ -219,16 +173,16 @@ def faithfulness_for_maps(
     **game_kwargs: Any,
 ) -> dict[str, FaithfulnessResult]:
     """`faithfulness` for every head of `maps`, each on a probability game of that head with the map's
-    target and player mask. `features` may be an `ExplainedExample` (its player mask must be the maps').
-    `game_kwargs` go to `FeatureGame` (fill, groups, chunk_size, autocast_dtype; `groups` defaults to the
-    example's, none for raw features)."""
+    target, made from `example` (the `ExplainedExample` the maps were made of: its player mask must be the
+    maps'). `game_kwargs` go to `FeatureGame` (fill, groups, chunk_size, autocast_dtype; `groups` defaults
+    to the example's)."""
+    example = require_example(example, "faithfulness_for_maps")
     rng = check_random_state(random_state)
-    if isinstance(features, ExplainedExample):
-        example = features
-        if any(not torch.equal(example.player_mask[n], maps.player_mask[n].cpu().bool()) for n in example.player_mask):
-            raise ValueError("the maps were made with other players than this example's; pass the features instead")
-    else:
-        example = ExplainedExample(model, features, attention_mask, maps.player_mask)
+    if any(not torch.equal(example.player_mask[n], maps.player_mask[n].cpu().bool()) for n in example.player_mask):
+        raise ValueError(
+            "the maps were made with other players than this example's; make the maps of this example "
+            "(attribute(example, ...)) or prepare the example with the maps' player_mask"
+        )
     results = {}
     for head in heads or maps.heads:
         game = example.game_for(head, target=maps.targets.get(head), output="probability", **game_kwargs)
@@ -236,21 +190,7 @@ def faithfulness_for_maps(
     return results
 
 
-# ---------------------------------------------------------------------------------------- concentration
-@dataclass
-class ConcentrationResult:
-    """Normalised entropy (1 = uniform, 0 = one token) and top-fraction mass of a map, per modality and
-    over all players (``"all"``)."""
-
-    top_fraction: float
-    entropy: dict[str, float]
-    top_mass: dict[str, float]
-    n_players: dict[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
+# ------------------------------------------------------------------------------------- concentration
 def _players_and_values(
     token_map: Mapping[str, torch.Tensor], player_mask: Mapping[str, torch.Tensor] | None
 ) -> dict[str, np.ndarray]:
@@ -303,27 +243,7 @@ def concentration(
     return ConcentrationResult(top_fraction, entropy, top, {k: int(v.size) for k, v in values.items()})
 
 
-# ----------------------------------------------------------------------------------------- specificity
-@dataclass
-class SpecificityResult:
-    """How expert-specific a set of maps is.
-
-    `mass_share[head][modality]`: the head's share of its total mass on that modality.
-    `jaccard[modality][head_a][head_b]`: overlap of the heads' top-K% player sets (``"all"`` = players of
-    every modality ranked jointly). `mean_jaccard[modality]`: mean over distinct pairs of experts (the
-    mixture excluded); lower = more specific.
-    """
-
-    k_percent: float
-    heads: list[str]
-    mass_share: dict[str, dict[str, float]]
-    jaccard: dict[str, dict[str, dict[str, float]]]
-    mean_jaccard: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
+# --------------------------------------------------------------------------------------- specificity
 def specificity(
     maps: AttributionMaps | Mapping[str, Mapping[str, torch.Tensor]],
     player_mask: Mapping[str, torch.Tensor] | None = None,

@@ -1,11 +1,18 @@
 """The feature-level game of one example: a value function over boolean coalitions of tokens.
 
+`ExplainedExample` is one example validated and projected once, the source of every game of its heads: an
+explanation asks many questions of one example (a game per head for the occlusion maps, a game for the pair
+search, probability games for faithfulness and pair masking), which share the features, the masks, the
+players and the projected tokens, and games of the same head share their reference values (the logits of
+the full and the empty coalition). `example.game_for(head, output=...)` makes a `FeatureGame` that reads
+from it; `FeatureGame(example, ...)` is the same with the ungrouped tokens as players by default.
+
 Players are the valid, non-special tokens of every modality (optionally grouped: word-pieces into
-words, patches into cells). A coalition is a boolean mask over players; an absent player's projected
-token is replaced by its modality's dataset-mean token (``fill="mean"``) or removed from attention and
-pooling (``fill="remove"``). The value is the target logit (or probability) of one head. The example is
-projected once; every chunk of coalitions is built with one ``torch.where`` in the projected space and
-evaluated in one batched forward under ``torch.inference_mode``.
+words, patches into cells; see `players`). A coalition is a boolean mask over players; an absent player's
+projected token is replaced by its modality's dataset-mean token (``fill="mean"``) or removed from
+attention and pooling (``fill="remove"``). The value is the target logit (or probability) of one head.
+Every chunk of coalitions is built with one ``torch.where`` in the projected space and evaluated in one
+batched forward under ``torch.inference_mode``.
 
 Estimators (shapley, faithfulness, pair masking) only need ``game(coalitions)``, ``n_players``,
 ``modality_of_player``, ``value_full`` and ``value_empty``, as with shapiq's games.
@@ -22,51 +29,20 @@ import numpy as np
 import torch
 
 from .. import kernels
-from ..random_state import RandomState, check_random_state
+from ..configuration_fli2moe import FILLS
 from ._utils import check_target, eval_mode, resolve_head, select_target, target_values
-from .example import ExplainedExample, Groups, resolve_player_mask, word_groups
+from .occlusion import occlusion_effects
+from .players import Groups, build_players, default_token_names, resolve_player_mask
+from .results import OcclusionEffects
 
 logger = logging.getLogger(__name__)
 
-# check_random_state, check_target, eval_mode, resolve_head, select_target and target_values live in
-# random_state.py and _utils.py, resolve_player_mask and word_groups in example.py; they stay importable here
-__all__ = [
-    "FILLS",
-    "OUTPUTS",
-    "ExplainedExample",
-    "FeatureGame",
-    "RandomState",
-    "check_random_state",
-    "check_target",
-    "eval_mode",
-    "patch_cell_groups",
-    "resolve_head",
-    "resolve_player_mask",
-    "select_target",
-    "target_values",
-    "word_groups",
-]
+__all__ = ["GAME_FILLS", "OUTPUTS", "ExplainedExample", "FeatureGame", "memory_chunk_size", "require_example"]
 
-FILLS = ("mean", "remove")
+#: the fills (of the config's one vocabulary, `FILLS`) a game can do for an absent player's projected token: the
+#: dataset-mean token or nothing (masked out); noise and zeros are training's knock-outs only
+GAME_FILLS = tuple(fill for fill in FILLS if fill in ("mean", "remove"))
 OUTPUTS = ("log_odds", "logit", "probability")
-
-def patch_cell_groups(
-    grid: tuple[int, int], cell: tuple[int, int] = (2, 2), offset: int = 0
-) -> list[list[int]]:
-    """Token positions of a row-major `grid` (rows, cols) of patches grouped into `cell`-sized blocks
-    (edge blocks are smaller when the grid does not divide). `offset` shifts every position (e.g. 1
-    when a CLS token comes first). Use as `groups={"image": patch_cell_groups((7, 7))}`."""
-    rows, cols = (int(v) for v in grid)
-    cr, cc = (int(v) for v in cell)
-    if min(rows, cols, cr, cc) < 1:
-        raise ValueError(f"grid and cell must be positive (rows, cols) pairs, got grid={grid}, cell={cell}")
-    groups = []
-    for r0 in range(0, rows, cr):
-        for c0 in range(0, cols, cc):
-            groups.append(
-                [offset + r * cols + c for r in range(r0, min(r0 + cr, rows)) for c in range(c0, min(c0 + cc, cols))]
-            )
-    return groups
 
 
 def memory_chunk_size(model: Any, tokens: int, head: str, fraction: float = 0.25, limit: int = 1024) -> int:
@@ -90,18 +66,129 @@ def memory_chunk_size(model: Any, tokens: int, head: str, fraction: float = 0.25
     return int(max(1, min(limit, fraction * free // per_coalition)))
 
 
+# ------------------------------------------------------------------------------------------- example
+def _batched(tensors: Mapping[str, torch.Tensor], dims: int) -> dict[str, torch.Tensor]:
+    """Add the batch dimension to one example's tensors given without it."""
+    return {n: (t if t.dim() == dims else t.unsqueeze(0)) for n, t in tensors.items()}
+
+
+class ExplainedExample:
+    """One example (B = 1) checked, trimmed and projected once; `game_for` makes each head's game from it.
+
+    Args:
+        model: an `FLI2MoEModel`.
+        features: `{name: (1, T_m, D_m)}` (or `(T_m, D_m)`) frozen-encoder features.
+        attention_mask: `{name: (1, T_m)}`, 1 = real token (omitted = all valid).
+        player_mask: `{name: (T_m,)}`, 1 = may be a player (0 for special tokens); ANDed with the attention mask.
+        tokens: `{name: [str]}` display text of each token; modalities without it get `default_token_names`.
+        groups: the default players of its games (see `FeatureGame`), e.g. words from `word_groups`.
+        truncated: the modalities whose raw input the encoder cut (said in the explanation's notes).
+
+    Attributes: `features` and `attention_mask` (the example as given, bool masks, on the model's device),
+    `player_mask` (`{name: (T_m,)}` bool, CPU), `lengths`, `tokens`, `groups`, `truncated`, `modality_names`.
+
+    It keeps what it computed (the projection, the model's output, the reference logits, occlusion effects)
+    for the model as it was: prepare a new one after the model's weights change.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        features: Mapping[str, torch.Tensor],
+        attention_mask: Mapping[str, torch.Tensor] | None = None,
+        player_mask: Mapping[str, torch.Tensor] | None = None,
+        *,
+        tokens: Mapping[str, Sequence[str]] | None = None,
+        groups: Groups | None = None,
+        truncated: Sequence[str] = (),
+    ) -> None:
+        features = _batched(features, 3)
+        if attention_mask is not None:
+            attention_mask = _batched(attention_mask, 2)
+        masks, players = resolve_player_mask(model, features, attention_mask, player_mask)
+        self.model = model
+        self.modality_names = list(model.modality_names)
+        device = model.device
+        self.features = {n: features[n].to(device) for n in self.modality_names}
+        self.attention_mask = {n: masks[n].to(device) for n in self.modality_names}
+        self.player_mask = {n: players[n].cpu() for n in self.modality_names}
+        self.lengths = {n: int(features[n].shape[1]) for n in self.modality_names}
+        given = dict(tokens or {})
+        self.tokens = {n: list(given.get(n) or default_token_names(n, self.lengths[n])) for n in self.modality_names}
+        self.groups = groups
+        self.truncated = list(truncated)
+        trimmed, trimmed_masks = model.trim_padding(features, masks)
+        with torch.inference_mode(), eval_mode(model):
+            projected = model.project({n: trimmed[n].to(device) for n in self.modality_names})
+            fill_tokens = model.projected_modality_means()
+        #: `{name: (1, T, H)}` projected tokens, trailing padding trimmed
+        self.projected = {n: projected[n] for n in self.modality_names}
+        #: `{name: (H,)}` the projected dataset-mean tokens (the fill of absent players)
+        self.mean_tokens = {n: fill_tokens[n].to(projected[n].dtype) for n in self.modality_names}
+        #: `{name: (1, T)}` bool attention masks of the trimmed tokens
+        self.masks = {n: trimmed_masks[n].to(device) for n in self.modality_names}
+        self._output: Any = None
+        self._reference: dict[tuple, torch.Tensor] = {}
+        self._effects: dict[tuple, Any] = {}
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens after trimming trailing padding, over all modalities."""
+        return sum(int(m.shape[1]) for m in self.masks.values())
+
+    def model_output(self) -> Any:
+        """The model's output on the whole example (no masking), computed once."""
+        if self._output is None:
+            with torch.inference_mode(), eval_mode(self.model):
+                self._output = self.model(features=self.features, attention_mask=self.attention_mask)
+        return self._output
+
+    def game_for(self, head: int | str = "mixture", **options: Any) -> FeatureGame:
+        """The `FeatureGame` of one head on this example; `options` as for `FeatureGame` (target, fill, output,
+        groups, chunk_size, autocast_dtype). `groups` defaults to the example's."""
+        options.setdefault("groups", self.groups)
+        return FeatureGame(self, head=head, **options)
+
+    # ---------------------------------------------------------------- shared values
+    def reference_logits(self, key: tuple, compute: Any) -> torch.Tensor:
+        """Logits of a reference coalition, computed once per `key` (head, fill, autocast, which end)."""
+        if key not in self._reference:
+            self._reference[key] = compute()
+        return self._reference[key]
+
+    def occlusion_effects(self, game: FeatureGame) -> OcclusionEffects:
+        """`occlusion_effects(game)`, computed once per value function (games equal in head, target, output,
+        fill, players, chunk size and autocast share it)."""
+        key = game.value_key
+        if key not in self._effects:
+            self._effects[key] = occlusion_effects(game)
+        return self._effects[key]
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{n}: {int(self.player_mask[n].sum())}/{self.lengths[n]}" for n in self.modality_names)
+        return f"ExplainedExample(player tokens {sizes})"
+
+
+def require_example(example: Any, caller: str) -> ExplainedExample:
+    """`example` if it is an `ExplainedExample`; otherwise a TypeError that says how to make one."""
+    if isinstance(example, ExplainedExample):
+        return example
+    raise TypeError(
+        f"{caller} takes an ExplainedExample, got {type(example).__name__}: prepare the example once, with "
+        "ExplainedExample(model, features, attention_mask, player_mask) or Explainer(model, processor).prepare(...), "
+        "and pass that"
+    )
+
+
 # ------------------------------------------------------------------------------------------------ game
 class FeatureGame:
     """Value function of one example over coalitions of its tokens.
 
     Args:
-        model: an `FLI2MoEModel` (interaction mixture or dense baseline); evaluated in eval mode.
-        features: `{name: (1, T_m, D_m)}` frozen-encoder features of ONE example, or an `ExplainedExample`
-            of it (then no masks here: the game reads the example's projection and shares the reference
-            forwards with the example's other games of the same head).
-        attention_mask: `{name: (1, T_m)}`, 1 = real token (omitted = all valid).
-        player_mask: `{name: (T_m,) or (1, T_m)}`, 1 = may be a player (use 0 for special tokens such as
-            [CLS]/[SEP]); intersected with the attention mask. Non-players are always present.
+        example: the `ExplainedExample` of ONE example (its model, an `FLI2MoEModel`, interaction mixture or
+            dense baseline, is evaluated in eval mode); the game reads its projection and shares the
+            reference forwards with the example's other games of the same head. Tokens outside its player
+            mask are always present.
         head: `"mixture"`, an expert name or an expert index.
         target: label index (or list of labels, multi-label) whose value is reported; default: the
             head's prediction on the full input (multi-label: the predicted-positive labels, top-1 if none).
@@ -126,10 +213,7 @@ class FeatureGame:
 
     def __init__(
         self,
-        model: Any,
-        features: Mapping[str, torch.Tensor] | ExplainedExample,
-        attention_mask: Mapping[str, torch.Tensor] | None = None,
-        player_mask: Mapping[str, torch.Tensor] | None = None,
+        example: ExplainedExample,
         head: int | str = "mixture",
         target: int | Sequence[int] | None = None,
         fill: str = "mean",
@@ -138,20 +222,13 @@ class FeatureGame:
         chunk_size: int | None = None,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
-        if fill not in FILLS:
-            raise ValueError(f"fill must be one of {list(FILLS)}, got {fill!r}")
+        example = require_example(example, "FeatureGame")
+        if fill not in GAME_FILLS:
+            raise ValueError(f"fill must be one of {list(GAME_FILLS)} for a game, got {fill!r}")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {list(OUTPUTS)}, got {output!r}")
         if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        if isinstance(features, ExplainedExample):
-            if attention_mask is not None or player_mask is not None:
-                raise ValueError("an ExplainedExample carries its own masks; pass attention_mask / player_mask to it")
-            if features.model is not model:
-                raise ValueError("this ExplainedExample was prepared for another model")
-            example = features
-        else:
-            example = ExplainedExample(model, features, attention_mask, player_mask)
         model = example.model
         self.model = model
         self.example = example
@@ -231,45 +308,9 @@ class FeatureGame:
                 tuple(tuple(p) for p in self.player_positions), tuple(self.players))
 
     # ------------------------------------------------------------------ players
-    def _build_players(self, groups: Any) -> None:
+    def _build_players(self, groups: Groups | None) -> None:
         names = self.modality_names
-        base = [(n, int(p)) for n in names for p in self.player_token_mask[n].nonzero().flatten().tolist()]
-        members: list[tuple[str, list[int]]] = []
-        covered: set[tuple[str, int]] = set()
-        if groups is None:
-            pass
-        elif isinstance(groups, Mapping):
-            unknown = [k for k in groups if k not in names]
-            if unknown:
-                raise ValueError(f"groups has unknown modality {unknown[0]!r}: expected some of {names}")
-            for n, lists in groups.items():
-                is_player = self.player_token_mask[n]
-                for g in lists:
-                    positions = sorted({int(p) for p in g if 0 <= int(p) < is_player.numel() and bool(is_player[int(p)])})
-                    if positions:
-                        members.append((n, positions))
-        else:
-            for g in groups:
-                idx = [int(i) for i in g]
-                if not idx:
-                    raise ValueError("groups contains an empty group; every group needs at least one player index")
-                bad = [i for i in idx if not 0 <= i < len(base)]
-                if bad:
-                    raise ValueError(
-                        f"groups refers to player index {bad[0]}, but this example has {len(base)} ungrouped players "
-                        "(valid, non-special tokens of all modalities, in config order)"
-                    )
-                mods = {base[i][0] for i in idx}
-                if len(mods) > 1:
-                    raise ValueError(f"group {idx} mixes modalities {sorted(mods)}; a group must stay inside one modality")
-                members.append((base[idx[0]][0], sorted({base[i][1] for i in idx})))
-        for n, positions in members:
-            for p in positions:
-                if (n, p) in covered:
-                    raise ValueError(f"groups overlap: token {p} of modality {n!r} is in two groups; groups must be disjoint")
-                covered.add((n, p))
-        members += [(n, [p]) for n, p in base if (n, p) not in covered]
-        members.sort(key=lambda m: (names.index(m[0]), m[1][0]))
+        members = build_players(names, self.player_token_mask, groups)
         self.players: list[tuple[str, int]] = [(n, pos[0]) for n, pos in members]
         self.player_positions: list[list[int]] = [pos for _, pos in members]
         self.n_players = len(members)

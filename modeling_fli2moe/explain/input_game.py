@@ -21,12 +21,16 @@ from typing import Any
 
 import torch
 
+from ..configuration_fli2moe import ENCODER_TYPES
 from ._utils import eval_mode, target_values
-from .game import FeatureGame
+from .game import ExplainedExample, FeatureGame
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["InputGame"]
+
+#: the encoder types whose raw input (text, an image) the game can mask: every one but precomputed features
+MASKABLE_ENCODER_TYPES = tuple(t for t in ENCODER_TYPES if t != "precomputed")
 
 
 class InputGame:
@@ -55,8 +59,8 @@ class InputGame:
         self.processor = processor
         self.batch_size = int(batch_size)
         enc = processor(inputs)
-        self.feature_game = FeatureGame(model, enc["features"], enc["attention_mask"], enc["player_mask"], head=head,
-                                        output=output, target=target, groups=groups)
+        example = ExplainedExample(model, enc["features"], enc["attention_mask"], enc["player_mask"])
+        self.feature_game = FeatureGame(example, head=head, output=output, target=target, groups=groups)
         fg = self.feature_game
         self.head, self.output, self.target = fg.head, fg.output, fg.target
         self.players, self.player_positions = fg.players, fg.player_positions
@@ -70,7 +74,7 @@ class InputGame:
             name = m["name"]
             encoder = self._encoders[name]
             kind = encoder.spec.get("type")
-            if kind not in ("hf-text", "hf-vision", "efficientnet-lite0"):
+            if kind not in MASKABLE_ENCODER_TYPES:
                 raise ValueError(
                     f"modality {name!r}: the input-level game masks text and images only; its encoder type {kind!r} "
                     "has no raw input to mask (use the feature-level FeatureGame)"

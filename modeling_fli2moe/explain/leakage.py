@@ -17,7 +17,6 @@ SII, redundancy gaps) spread over many tokens. Two audits say how much:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -26,21 +25,9 @@ import torch
 from ..random_state import RandomState, check_random_state
 from .input_game import InputGame
 from .occlusion import occlusion_effects
+from .results import CueDecodability, MaskingSurvival
 
-__all__ = ["CueDecodability", "MaskingSurvival", "cue_decodability", "masking_survival"]
-
-
-@dataclass
-class CueDecodability:
-    """Probe accuracies (cross-validated) of one cue: from the evidence token and from the others."""
-
-    from_evidence: float
-    from_others: float
-    n_examples: int
-    chance: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["cue_decodability", "masking_survival"]
 
 
 def cue_decodability(
@@ -77,20 +64,6 @@ def cue_decodability(
         return float(cross_val_score(clf, x, y, cv=split).mean())
 
     return CueDecodability(probe(x_e), probe(x_o), len(y), float(counts.max() / counts.sum()))
-
-
-@dataclass
-class MaskingSurvival:
-    """Per audited player: the effect of removing it from the input and from the features."""
-
-    players: list[tuple[str, int]]
-    effect_input: list[float]
-    effect_feature: list[float]
-    survival: list[float]
-    input_evaluations: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def masking_survival(

@@ -10,37 +10,13 @@ the candidate score that pair search uses. The cost is `2 * n_players` evaluatio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["OcclusionEffects", "occlusion_effects"]
+from .results import OcclusionEffects
 
-
-@dataclass
-class OcclusionEffects:
-    """Per-player effects `(n_players,)` of one game.
-
-    Attributes:
-        removal: `v(N) - v(N \\ {i})`, the drop when player i alone is masked.
-        inclusion: `v({i}) - v(empty)`, the gain when player i alone is present.
-        evaluations: coalitions evaluated.
-    """
-
-    removal: torch.Tensor
-    inclusion: torch.Tensor
-    evaluations: int
-
-    @property
-    def value(self) -> torch.Tensor:
-        """Signed first-order importance: the mean of the two effects."""
-        return (self.removal + self.inclusion) / 2
-
-    @property
-    def score(self) -> torch.Tensor:
-        """Unsigned size of the player's effect at either end: `|removal| + |inclusion|`."""
-        return self.removal.abs() + self.inclusion.abs()
+__all__ = ["occlusion_effects"]
 
 
 def occlusion_effects(game: Any) -> OcclusionEffects:

@@ -18,83 +18,21 @@ At dataset level, `paired_test` compares per-example ranked drops with the mean 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..random_state import RandomState, check_random_state
-from .game import FeatureGame
+from .results import PairMaskingResult, PairMaskingStep
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_PAIR_COUNTS", "PairMaskingResult", "PairMaskingStep", "pair_masking", "paired_test"]
+__all__ = ["DEFAULT_PAIR_COUNTS", "pair_masking", "paired_test"]
 
 #: the numbers of pairs B masked at once
 DEFAULT_PAIR_COUNTS: tuple[int, ...] = (1, 2, 4, 8)
-DEFAULT_BUDGETS = DEFAULT_PAIR_COUNTS  # the earlier name
-
-
-@dataclass
-class PairMaskingStep:
-    """One number of pairs B: the ranked pairs' drop and the random control's drops.
-
-    `budget` is B, the number of pairs masked (the field keeps its name in saved explanations)."""
-
-    budget: int
-    pairs: list[list[int]]
-    n_tokens: int
-    ranked_drop: float
-    random_drops: list[float]
-    random_mean: float
-    random_std: float
-    random_n_tokens: list[int]
-    n_unmatched: int
-
-
-@dataclass
-class PairMaskingResult:
-    """Pair masking of one example: `steps` per number of pairs B (those above the pool's size are skipped)."""
-
-    head: str
-    output: str
-    score_name: str
-    p_full: float
-    n_pairs: int
-    n_random: int
-    evaluations: int
-    steps: list[PairMaskingStep] = field(default_factory=list)
-
-    @property
-    def pair_counts(self) -> list[int]:
-        """The numbers of pairs B masked, one per step."""
-        return [s.budget for s in self.steps]
-
-    @property
-    def budgets(self) -> list[int]:
-        """Deprecated name of `pair_counts`."""
-        warnings.warn("PairMaskingResult.budgets is now pair_counts", DeprecationWarning, stacklevel=2)
-        return self.pair_counts
-
-    @property
-    def ranked_drops(self) -> list[float]:
-        return [s.ranked_drop for s in self.steps]
-
-    @property
-    def random_means(self) -> list[float]:
-        return [s.random_mean for s in self.steps]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PairMaskingResult:
-        data = dict(data)
-        data["steps"] = [PairMaskingStep(**s) for s in data.get("steps", [])]
-        return cls(**data)
 
 
 def _tokens(pairs: np.ndarray) -> set[int]:
@@ -135,7 +73,7 @@ def _sample_matched(
 
 
 def pair_masking(
-    game: FeatureGame,
+    game: Any,
     pairs: torch.Tensor | np.ndarray | Sequence[Sequence[int]],
     scores: torch.Tensor | np.ndarray | Sequence[float],
     pair_counts: Sequence[int] = DEFAULT_PAIR_COUNTS,
@@ -143,7 +81,6 @@ def pair_masking(
     random_state: RandomState = None,
     score_name: str = "sii",
     max_tries: int = 200,
-    budgets: Sequence[int] | None = None,
 ) -> PairMaskingResult:
     """Drops of the game's value when masking the top-B pairs by `scores` vs B random pool pairs.
 
@@ -157,11 +94,7 @@ def pair_masking(
         random_state: seed / numpy Generator / torch.Generator for the random control.
         score_name: recorded in the result (``"sii"`` or ``"rg"``).
         max_tries: attempts per random selection before falling back (see the module doc).
-        budgets: deprecated name of `pair_counts`.
     """
-    if budgets is not None:
-        warnings.warn("pair_masking(budgets=...) is now pair_counts=...", DeprecationWarning, stacklevel=2)
-        pair_counts = budgets
     pool = (pairs.detach().cpu().numpy() if torch.is_tensor(pairs) else np.asarray(pairs)).astype(np.int64).reshape(-1, 2)
     score = (scores.detach().cpu().numpy() if torch.is_tensor(scores) else np.asarray(scores)).astype(float).reshape(-1)
     n = int(game.n_players)

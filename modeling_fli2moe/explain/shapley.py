@@ -49,14 +49,13 @@ import torch
 
 from ..random_state import RandomState, check_random_state
 from ._utils import check_int
-from .result_interactions import InteractionResult
+from .results import InteractionResult
 from .sampling import ContextPlan, packed_row_keys, stratum_rows
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_EXACT_PLAYERS",
-    "InteractionResult",
     "PairInteractionApproximator",
     "ValueFn",
     "cross_modal_pairs",
@@ -200,24 +199,30 @@ def _middle_mean(x: np.ndarray, inside: np.ndarray, n: int, a: int) -> tuple[np.
 class PairInteractionApproximator:
     """Shared-context Monte Carlo for the SII and redundancy gap of many pairs (see the module docstring).
 
+    As shapiq's approximators: made for the players and the interactions to estimate, then called as
+    `approximate(budget, game)`.
+
     Args:
-        budget: most rows passed to the value function (identical rows are evaluated once).
+        n_players: players in the game.
+        pairs: `(m, 2)` the pairs of player indices to estimate, in the order the result gives them.
         random_state: int, numpy Generator, torch.Generator or None.
-        batch_size: rows per value function call.
+        batch_size: rows per call of the game.
         antithetic: pair every sampled context with its complement.
         border: enumerate the outer context sizes exactly when that is cheaper than sampling them.
     """
 
     def __init__(
         self,
-        budget: int,
+        n_players: int,
+        pairs: Any,
         *,
         random_state: RandomState = None,
         batch_size: int = 1024,
         antithetic: bool = True,
         border: bool = True,
     ) -> None:
-        self.budget = check_int("budget", budget, 1)
+        self.n_players = check_int("n_players", n_players, 2)
+        self.pairs = _check_pairs(pairs, self.n_players)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.random_state = random_state
         self.antithetic = bool(antithetic)
@@ -225,28 +230,34 @@ class PairInteractionApproximator:
 
     def __repr__(self) -> str:
         return (
-            f"PairInteractionApproximator(budget={self.budget}, batch_size={self.batch_size}, "
-            f"antithetic={self.antithetic}, border={self.border})"
+            f"PairInteractionApproximator(n_players={self.n_players}, pairs={len(self.pairs)}, "
+            f"batch_size={self.batch_size}, antithetic={self.antithetic}, border={self.border})"
         )
 
-    def approximate(self, value_fn: ValueFn, n_players: int, pairs: Any) -> InteractionResult:
-        """Estimate SII and RG (with standard errors) of every pair in `pairs` `(m, 2)`."""
-        n = check_int("n_players", n_players, 2)
-        requested = _check_pairs(pairs, n)
+    def approximate(self, budget: int, game: ValueFn) -> InteractionResult:
+        """Estimate SII and RG (with standard errors) of every pair, with at most `budget` rows passed to
+        `game` (a bool tensor `(k, n_players)` -> values `(k,)`; identical rows are evaluated once)."""
+        budget = check_int("budget", budget, 1)
+        n = self.n_players
+        if getattr(game, "n_players", n) != n:
+            raise ValueError(
+                f"the game has {game.n_players} players, but this approximator was made for n_players={n}"
+            )
+        requested = self.pairs
         rng = check_random_state(self.random_state)
-        evaluator = _Evaluator(value_fn, n, self.batch_size)
+        evaluator = _Evaluator(game, n, self.batch_size)
 
         # unordered unique pairs drive the rows; results are mapped back to the requested order
         unique_pairs, back = np.unique(np.sort(requested, axis=1), axis=0, return_inverse=True)
         back = back.reshape(-1)
         m = len(unique_pairs)
-        plan = ContextPlan.make(n, unique_pairs, self.budget, border=self.border, antithetic=self.antithetic)
+        plan = ContextPlan.make(n, unique_pairs, budget, border=self.border, antithetic=self.antithetic)
         a, units, players, rows_per_context = plan.depth, plan.units, plan.players, plan.rows_per_context
         exact_sizes = plan.exact_sizes
         if 0 < units < _FEW_UNITS:
             logger.warning(
                 "budget=%d leaves only %d sampled units for %d pairs; their standard errors are rough "
-                "(raise budget or request fewer pairs)", self.budget, units, m,
+                "(raise budget or request fewer pairs)", budget, units, m,
             )
         logger.debug(
             "SII plan: n=%d, %d pairs over %d players, %d rows/context, exact sizes %s, %d units",
@@ -264,8 +275,8 @@ class PairInteractionApproximator:
         blocks += plan.context_rows(contexts)
         packed = np.concatenate(blocks)
         uniq, inverse = np.unique(packed_row_keys(packed), return_inverse=True)
-        if len(uniq) > self.budget:  # cannot happen by construction; guard the promise anyway
-            raise RuntimeError(f"internal error: {len(uniq)} distinct rows exceed budget={self.budget}")
+        if len(uniq) > budget:  # cannot happen by construction; guard the promise anyway
+            raise RuntimeError(f"internal error: {len(uniq)} distinct rows exceed budget={budget}")
         values = evaluator(uniq.view(np.uint8).reshape(len(uniq), -1))[inverse.reshape(-1)]
 
         # ---- exact strata
@@ -321,7 +332,7 @@ class PairInteractionApproximator:
             redundancy_gap_se=rg_se[back],
             evaluations=evaluator.evaluations,
             n_players=n,
-            budget=self.budget,
+            budget=budget,
             method="monte_carlo" if units else "exact",
             n_contexts=len(contexts),
             exact_sizes=exact_sizes,
@@ -333,12 +344,14 @@ def shapley_interactions(
     batch_size: int = 1024, **options: bool,
 ) -> InteractionResult:
     """Unbiased Monte Carlo SII and redundancy gap of `pairs`, sharing evaluations across pairs: the
-    function form of `PairInteractionApproximator(budget, ...).approximate(value_fn, n_players, pairs)`.
+    function form of `PairInteractionApproximator(n_players, pairs, ...).approximate(budget, value_fn)`.
 
     See the module docstring for the sampling scheme; `options` (keyword only: `antithetic`, `border`) and
     the rest as for `PairInteractionApproximator`."""
-    approximator = PairInteractionApproximator(budget, random_state=random_state, batch_size=batch_size, **options)
-    return approximator.approximate(value_fn, n_players, pairs)
+    approximator = PairInteractionApproximator(
+        n_players, pairs, random_state=random_state, batch_size=batch_size, **options
+    )
+    return approximator.approximate(budget, value_fn)
 
 
 def exact_shapley_interactions(

@@ -22,21 +22,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..locking import LOCK_FILE
-from ..run_record import run_dataset_section
-from ..stop_request import raise_if_requested
-from .faithfulness import concentration, specificity
-from .pair_masking import paired_test
+from .explain.explainer import Explainer
+from .explain.faithfulness import concentration, specificity
+from .explain.pair_masking import paired_test
+from .locking import LOCK_FILE
+from .run_record import run_dataset_section
+from .stop_request import raise_if_requested
 
 logger = logging.getLogger(__name__)
 
 
 def _load(checkpoint: str | os.PathLike):
-    from transformers import AutoModel
+    from transformers import AutoModel  # the Auto classes are registered by this package's __init__
 
-    import modeling_fli2moe  # noqa: F401  (registers the Auto classes)
-
-    from ..integrity import verify_checkpoint
+    from .integrity import verify_checkpoint
 
     verify_checkpoint(checkpoint)  # a broken or missing folder is named before transformers sees it
     return AutoModel.from_pretrained(checkpoint).eval()
@@ -44,8 +43,8 @@ def _load(checkpoint: str | os.PathLike):
 
 def _cached_split(model, split: str, data_dir: str | None, cache_dir: str | None):
     """The split's raw rows (for the drawn examples' images) and its feature-cached rows."""
-    from ..data import get_loader
-    from ..feature_cache import cache_features, default_cache_dir
+    from .data import get_loader
+    from .feature_cache import cache_features, default_cache_dir
 
     ds_cfg = run_dataset_section(model.name_or_path)
     loader = ds_cfg.get("loader")
@@ -71,8 +70,7 @@ def explain_example(model, row: dict[str, Any], budget: int, n_candidates: int, 
     """All dataset-level measurements of one cached example (by `Explainer.explain`), as plain numbers;
     with `keep_explanation` also the whole `Explanation` as a dict (under ``"explanation"``, its tokens named
     by `tokens` where given)."""
-    from ..feature_cache import feature_columns
-    from .explainer import Explainer
+    from .feature_cache import feature_columns
 
     names = model.modality_names
     feats, masks, players = {}, {}, {}
@@ -81,8 +79,9 @@ def explain_example(model, row: dict[str, Any], budget: int, n_candidates: int, 
         feats[n] = torch.as_tensor(row[f]).float()[None]
         masks[n] = torch.as_tensor(row[mk]).bool()[None]
         players[n] = torch.as_tensor(row[pm]).bool()
-    exp = Explainer(model).explain(features=feats, attention_mask=masks, player_mask=players, budget=budget,
-                                   n_candidates=n_candidates, random_state=random_state, tokens=tokens)
+    explainer = Explainer(model)
+    example = explainer.prepare(features=feats, attention_mask=masks, player_mask=players, tokens=tokens)
+    exp = explainer.explain(example, budget=budget, n_candidates=n_candidates, random_state=random_state)
     keys = ("comprehensiveness_gap", "sufficiency_gap", "aopc_comprehensiveness", "aopc_sufficiency",
             "random_aopc_comprehensiveness", "random_aopc_sufficiency")
     maps = {h: {m: torch.tensor(v) for m, v in by_mod.items()} for h, by_mod in exp.maps.items()}
@@ -217,7 +216,7 @@ def default_output_dir(checkpoint: str | os.PathLike) -> Path:
 def _weights_digest(checkpoint: str | os.PathLike | None) -> str | None:
     if checkpoint is None:
         return None
-    from ..integrity import sha256_file, weight_files
+    from .integrity import sha256_file, weight_files
 
     folder = Path(checkpoint)
     if not folder.is_dir():  # a Hub id: its name stands for it
@@ -246,8 +245,8 @@ def run_identity(checkpoint, dense_checkpoint, split: str, data, n: int, budget:
 
 def _start_or_check_run(out: Path, identity: dict[str, Any], paths: dict[str, Any]) -> None:
     """Record a new run's identity, or check that the folder's run is this one (a difference is refused, named)."""
-    from ..integrity import write_json_atomic
-    from ..records import repair_records
+    from .integrity import write_json_atomic
+    from .records import repair_records
 
     path = out / RUN_FILE
     if path.is_file():
@@ -274,7 +273,7 @@ def _start_or_check_run(out: Path, identity: dict[str, Any], paths: dict[str, An
 
 def saved_records(out: str | os.PathLike) -> dict[tuple[str, int], dict[str, Any]]:
     """The finished examples of the run in `out`, by (model, index): every process's records file."""
-    from ..records import read_records
+    from .records import read_records
 
     done: dict[tuple[str, int], dict[str, Any]] = {}
     for file in sorted((Path(out) / RECORDS_FOLDER).glob("*.jsonl")):
@@ -317,8 +316,8 @@ def run_dataset_explanation(
     explanation, drawn in `report.html`."""
     from accelerate import PartialState
 
-    from ..locking import output_lock
-    from ..records import RecordWriter
+    from .locking import output_lock
+    from .records import RecordWriter
 
     state = PartialState(cpu=not torch.cuda.is_available())
     models = {"fl_i2moe": _load(checkpoint)}
@@ -386,7 +385,7 @@ def _write_outputs(out: Path, records: dict[tuple[str, int], dict[str, Any]], mo
     (out / "per_example.json").write_text(json.dumps(results))
     _save_examples(examples, out)
     _plot(report, out)
-    from ..report import write_report
+    from .report import write_report
 
     html = write_report(out)
     logger.info("explanation report written to %s and %s", path, html)
@@ -413,7 +412,7 @@ def _token_strings(config, raw, indices: list[int]) -> dict[int, dict[str, list[
     texts = [m for m in config.modalities if indices and isinstance(raw[indices[0]].get(m.get("column") or m["name"]), str)]
     if not texts:
         return out
-    from ..processing_fli2moe import FLI2MoEProcessor
+    from .processing_fli2moe import FLI2MoEProcessor
 
     encoders = FLI2MoEProcessor(config, load_encoders=False).encoders
     for m in texts:
