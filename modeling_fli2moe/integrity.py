@@ -9,9 +9,8 @@ whose weight shapes still fit).
 
 `verify_checkpoint` is the one check of a checkpoint folder's model files: resuming
 (`checkpoints.checkpoint_problem`), pushing (`hub.check_checkpoint_dir`) and building a Space call it and
-check only what they need besides.
-
-This file travels with checkpoints as remote code: it imports only the standard library.
+check only what they need besides, and the package's `from_pretrained` (`loading.py`) runs it before every load.
+It imports only the standard library.
 """
 
 from __future__ import annotations
