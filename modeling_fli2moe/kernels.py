@@ -225,8 +225,8 @@ def cpu_attention_forward(
     return out.reshape(*batch_shape, t, heads, d), None
 
 
-#: the narrowest head for which `ChunkedAttention` beats torch's flash attention at inference without AMX. bf16,
-#: inference, an AMD EPYC with avx512_bf16: 4 x 256 rows, T = 128, d = 64: 0.19-0.22 s against 0.23; 4 x 32 rows,
+#: the narrowest head for which `ChunkedAttention` beats torch's flash attention at inference without AMX. bf16
+#: inference, 2 threads of a CPU with avx512_bf16: 4 x 256 rows, T = 128, d = 64: 0.19-0.22 s against 0.23; 4 x 32 rows,
 #: T = 528, d = 64: 0.27-0.30 s against 0.36; but d = 32 (T = 80 or 128): 0.21-0.35 s against 0.15-0.31, and
 #: d = 16 (the planted model's heads, T = 80): 0.12-0.13 s against 0.08-0.10
 CHUNKED_MIN_HEAD_DIM = 64

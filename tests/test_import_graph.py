@@ -26,8 +26,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("model", ["modeling_fli2moe", "kernels", "loading"]),
     ("inputs", ["encoders", "data", "processing_fli2moe"]),
     ("explanations", ["explain"]),
-    ("jobs", ["feature_cache", "collator", "run_config", "model_card", "checkpoints", "training", "hub", "report",
-              "dataset_evaluation"]),
+    ("jobs: data and run settings", ["feature_cache", "collator", "run_config", "model_card"]),
+    ("jobs: output folders and checkpoints", ["checkpoints"]),
+    ("jobs: training", ["training"]),
+    ("jobs: publishing and whole-split explanations", ["hub", "report", "dataset_evaluation"]),
     ("entry points and test support", ["cli", "space", "testing"]),
 ]  # fmt: skip
 
