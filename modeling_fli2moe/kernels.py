@@ -30,14 +30,17 @@ from .precision import cpu_flags
 
 __all__ = [
     "ChunkedAttention", "cpu_attention_forward", "coalition_logits", "experts_forward", "reference_experts_forward", "register",
-    "rows_per_chunk",
+    "rows_per_chunk", "short_attention",
 ]
 
 #: the attention implementation name registered with transformers
 ATTENTION_NAME = "fli2moe_cpu"
 #: at inference the joint sequence is padded to a multiple of this many tokens: the CPU attention kernels run
-#: much faster on such lengths (bf16 flash attention on 111 tokens 5.0 ms, on 112 tokens 2.8 ms)
+#: much faster on such lengths (bf16 flash attention on 111 tokens 5.0 ms, on 112 tokens 2.8 ms) ...
 TOKEN_MULTIPLE = 16
+#: ... unless that adds more than this fraction of the tokens, whose cost then outweighs the gain (81 tokens, the
+#: planted model's: 700 coalitions in 0.51 s unpadded against 0.58 s padded to 96, avx512_bf16, 2 threads)
+MAX_PAD_FRACTION = 1 / 16
 #: bytes of the widest activation (query, key and value of every expert) of one chunk of rows at inference:
 #: small enough to stay in cache and be reused by the allocator, large enough for full-speed matmuls
 CHUNK_BYTES = 16 << 20
@@ -208,14 +211,17 @@ def cpu_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """`sdpa` with the arguments and output of the model's `eager_attention_forward` (no probabilities), except
     for 16-bit tensors on CPU, where `ChunkedAttention` is faster and holds less: when gradients are needed, and
-    at inference with heads of `CHUNKED_MIN_HEAD_DIM` or more on CPUs without AMX (with AMX tiles, and for
-    narrower heads, torch's flash-attention kernel is the faster forward)."""
+    at inference with heads of `CHUNKED_MIN_HEAD_DIM` or more on CPUs without AMX; narrower heads on short
+    sequences use `short_attention` at inference on such CPUs (with AMX tiles, and for narrow heads on long
+    sequences, torch's flash-attention kernel is the faster forward)."""
     batch_shape, (heads, t, d) = query.shape[:-3], query.shape[-3:]
     query, key, value = (x.reshape(-1, heads, t, d) for x in (query, key, value))
     mask = attention_mask.expand(*batch_shape, 1, 1, t).reshape(-1, 1, 1, t)
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (query, key, value))
-    if (query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16) and dropout == 0.0
-            and (grad or ("amx_tile" not in cpu_flags() and d >= CHUNKED_MIN_HEAD_DIM))):
+    half = query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16) and dropout == 0.0
+    if half and not grad and "amx_tile" not in cpu_flags() and d < CHUNKED_MIN_HEAD_DIM and t <= SHORT_MAX_TOKENS:
+        out = short_attention(query, key, value, mask, scaling)
+    elif half and (grad or ("amx_tile" not in cpu_flags() and d >= CHUNKED_MIN_HEAD_DIM)):
         bias = query.new_zeros(query.shape[0], 1, t).masked_fill(~mask.view(-1, 1, t), float("-inf"))
         chunk = max(1, ChunkedAttention.chunk_bytes // (t * t * query.element_size()))
         out = ChunkedAttention.apply(query, key, value, bias, chunk)
@@ -223,6 +229,25 @@ def cpu_attention_forward(
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout if module.training else 0.0,
                                              scale=scaling).transpose(1, 2)
     return out.reshape(*batch_shape, t, heads, d), None
+
+
+def short_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
+                    scaling: float) -> torch.Tensor:
+    """Softmax attention of `query, key, value (N, heads, T, d)` with a bool key mask `(N, 1, 1, T)`, every head
+    of every sequence in one batched matmul each way, as `(N, T, heads, d)`: for short sequences and narrow heads,
+    where the whole score tensor is small and the batched matmuls beat the flash kernel's per-tile overhead."""
+    n, heads, t, d = query.shape
+    bias = query.new_zeros(n, 1, t).masked_fill_(~mask.view(n, 1, t), float("-inf"))
+    bias = bias.repeat_interleave(heads, dim=0).expand(n * heads, t, t)  # one row per (sequence, head), not copied t times
+    scores = torch.baddbmm(bias, query.reshape(n * heads, t, d),
+                           key.reshape(n * heads, t, d).transpose(1, 2), alpha=scaling)
+    return torch.bmm(scores.softmax(-1), value.reshape(n * heads, t, d)).view(n, heads, t, d).transpose(1, 2)
+
+
+#: at inference without AMX, sequences up to this many tokens with heads narrower than `CHUNKED_MIN_HEAD_DIM` use
+#: `short_attention`: the planted model's 81 tokens, d = 16, 700 coalitions: 0.46-0.59 s against 0.63-0.71 s with
+#: torch's flash attention (bf16, 2 threads of a CPU with avx512_bf16)
+SHORT_MAX_TOKENS = 128
 
 
 #: the narrowest head for which `ChunkedAttention` beats torch's flash attention at inference without AMX. bf16
@@ -300,8 +325,11 @@ def block_forward(
 
 def pad_tokens(token_mask: torch.Tensor, segments: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, list[tuple[int, int]], int]:
     """`token_mask (B, T)` and `segments` with masked tokens added at the end of the last segment, up to a
-    multiple of `TOKEN_MULTIPLE` tokens (pooled out, never attended to), and how many were added."""
+    multiple of `TOKEN_MULTIPLE` tokens where that adds at most `MAX_PAD_FRACTION` of them (pooled out, never
+    attended to), and how many were added."""
     pad = -token_mask.shape[1] % TOKEN_MULTIPLE
+    if pad > MAX_PAD_FRACTION * token_mask.shape[1]:
+        pad = 0
     segments = list(segments)
     if pad:
         token_mask = torch.cat([token_mask, token_mask.new_zeros(token_mask.shape[0], pad)], dim=1)

@@ -136,7 +136,7 @@ def test_checkpoint_with_another_shape_is_refused(saved):
         AutoModel.from_pretrained(tmp / "ckpt")
 
 
-def test_a_checkpoint_written_before_the_remote_code_split_loads_with_identical_logits():
+def test_a_checkpoint_written_before_the_remote_code_split_loads_with_the_same_logits():
     """`tests/data/checkpoint_921e1de`: a tiny checkpoint saved by the package at commit 921e1de (three remote-code
     files, the kernels inside the model file; the code files are left out here), with its inputs and outputs."""
     from pathlib import Path
@@ -146,5 +146,7 @@ def test_a_checkpoint_written_before_the_remote_code_split_loads_with_identical_
     model = FLI2MoEModel.from_pretrained(data / "checkpoint_921e1de").eval()
     with torch.no_grad():
         out = model(saved["features"], saved["masks"])
-    assert torch.equal(out.logits, saved["logits"])
-    assert torch.equal(out.expert_logits, saved["expert_logits"])
+    # the same weights and the same arithmetic up to float32 round-off (inference no longer pads these 12 tokens to
+    # 16, which changes the order of the sums in the attention)
+    torch.testing.assert_close(out.logits, saved["logits"], atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(out.expert_logits, saved["expert_logits"], atol=1e-7, rtol=1e-6)

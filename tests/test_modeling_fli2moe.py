@@ -170,7 +170,9 @@ def test_expert_heads(tester):
     tester.create_and_check_expert_heads(*tester.prepare_config_and_inputs())
 
 
-def test_coalition_logits(tester, monkeypatch):
+@pytest.mark.parametrize("max_pad_fraction", [0.0, 1.0], ids=["unpadded", "padded"])
+def test_coalition_logits(tester, max_pad_fraction, monkeypatch):
+    monkeypatch.setattr(kernels, "MAX_PAD_FRACTION", max_pad_fraction)
     tester.create_and_check_coalition_logits(*tester.prepare_config_and_inputs(), monkeypatch)
 
 
@@ -296,6 +298,20 @@ def test_chunked_attention_matches_eager_forward_and_backward(dtype, saved_probs
         torch.testing.assert_close(a, b, **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_short_attention_matches_eager_forward(dtype):
+    """short_attention (all heads in one batched matmul, masked keys, a transposed input as the model passes it)
+    equals the written-out softmax attention."""
+    g = torch.Generator().manual_seed(0)
+    n, heads, t, d = 5, 3, 7, 4
+    q, k, v = (torch.randn(n, t, heads, d, generator=g, dtype=torch.float64).to(dtype).transpose(1, 2) for _ in range(3))
+    mask = torch.rand(n, 1, 1, t, generator=g) > 0.3
+    mask[..., 0] = True
+    eager, _ = eager_attention_forward(torch.nn.Identity(), q, k, v, mask, scaling=d**-0.5)
+    tol = {} if dtype == torch.float64 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(kernels.short_attention(q, k, v, mask, d**-0.5), eager, **tol)
+
+
 def test_init_weights_is_the_only_initialisation():
     """Every parameter and buffer gets its value in `_init_weights`, with the config's initializer range."""
     config = FLI2MoEModelTester(hidden_size=32).get_config(initializer_range=0.05)
@@ -372,11 +388,15 @@ def test_logits_are_pinned(implementation):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_paths_match_the_reference_implementation(dtype, monkeypatch):
+@pytest.mark.parametrize("max_pad_fraction", [0.0, 1.0], ids=["unpadded", "padded"])
+def test_fast_paths_match_the_reference_implementation(dtype, max_pad_fraction, monkeypatch):
     """The package's fast experts (`kernels.experts_forward`) and the model file's own plain implementation (what
-    remote code runs without the package) give the same logits, losses and gradients, in training and inference;
-    the plain implementation also runs with the registered `fli2moe_cpu` attention."""
+    remote code runs without the package) give the same logits, losses and gradients, in training and inference
+    (with and without the inference padding of the sequence); the plain implementation also runs with the
+    registered `fli2moe_cpu` attention."""
     from modeling_fli2moe.modeling_fli2moe import StackedExperts
+
+    monkeypatch.setattr(kernels, "MAX_PAD_FRACTION", max_pad_fraction)
 
     tester = FLI2MoEModelTester(batch_size=4)
     config, features, masks, labels = tester.prepare_config_and_inputs()
