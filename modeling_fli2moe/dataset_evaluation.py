@@ -81,7 +81,8 @@ def explain_example(model, row: dict[str, Any], budget: int, n_candidates: int, 
         players[n] = torch.as_tensor(row[pm]).bool()
     explainer = Explainer(model)
     example = explainer.prepare(features=feats, attention_mask=masks, player_mask=players, tokens=tokens)
-    exp = explainer.explain(example, budget=budget, n_candidates=n_candidates, random_state=random_state)
+    exp = explainer.explain(example, budget=budget, n_candidates=n_candidates, random_state=random_state,
+                            faithfulness=True)
     keys = ("comprehensiveness_gap", "sufficiency_gap", "aopc_comprehensiveness", "aopc_sufficiency",
             "random_aopc_comprehensiveness", "random_aopc_sufficiency")
     maps = {h: {m: torch.tensor(v) for m, v in by_mod.items()} for h, by_mod in exp.maps.items()}

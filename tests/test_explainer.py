@@ -50,16 +50,22 @@ def assert_same(got, want, where="explanation"):
 
 def test_explanation_is_the_pinned_one():
     """The explanation (maps, pairs, SII/RG, faithfulness, pair masking, costs) equals the one pinned from the
-    pipeline that built every game from the raw features (one game per head and question)."""
-    got = json.loads(tiny_explanation().to_json())
+    pipeline that built every game from the raw features (one game per head and question), with the whole budget
+    spent and every head's faithfulness curves, as the pin was made."""
+    got = json.loads(tiny_explanation(stop_z=None, faithfulness=True).to_json())
     want = json.loads(PINNED.read_text())
     got.pop("seconds"), want.pop("seconds")
     assert_same(got, want)
 
 
 def test_typed_results_and_json_round_trip(tmp_path):
-    exp = tiny_explanation()
+    exp = tiny_explanation(faithfulness=True)
     assert set(exp.faithfulness) == {"mixture", *exp.expert_names}
+    assert set(tiny_explanation().faithfulness) == {"mixture"}  # by default the mixture's map only
+    assert set(tiny_explanation(faithfulness=["uniqueness_text"]).faithfulness) == {"uniqueness_text"}
+    assert tiny_explanation(faithfulness=False).faithfulness == {}
+    with pytest.raises(ValueError, match="faithfulness names \\['nope'\\], which have no map"):
+        tiny_explanation(faithfulness=["nope"])
     assert all(isinstance(r, FaithfulnessResult) for r in exp.faithfulness.values())
     assert set(exp.pair_masking) == {"sii", "redundancy_gap"}
     assert all(isinstance(r, PairMaskingResult) for r in exp.pair_masking.values())

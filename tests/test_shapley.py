@@ -292,7 +292,7 @@ def test_approximator_class_and_adaptors():
     approximator = PairInteractionApproximator(n, [(0, 4)], random_state=0)
     result = approximator.approximate(500, game)  # shapiq's call: approximate(budget, game)
     assert repr(approximator) == ("PairInteractionApproximator(n_players=8, pairs=1, batch_size=1024, antithetic=True, "
-                                  "border=True)")
+                                  "border=True, stop_z=None)")
     assert len(result) == 1 and result.evaluations <= 500 and result.budget == 500
     # the same as the function form, and a game of another size is refused
     same = shapley_interactions(game, n, [(0, 4)], budget=500, random_state=0)
@@ -405,3 +405,26 @@ def test_post_stratified_mean_and_fallback(caplog):
     ht = (n + 1 - 2 * a) / (n + 1) * np.array([5.0, 0.0, 0.0])  # one unit inside: Horvitz-Thompson
     assert estimate[1] == pytest.approx(ht.mean()) and se[1] == pytest.approx(ht.std(ddof=1) / math.sqrt(3))
     assert "Horvitz-Thompson" in caplog.text
+
+
+def test_early_stop_ends_when_the_top_pairs_are_resolved():
+    n = 20
+    game = PlantedGame(n, and_pair=(0, 10), or_pair=(1, 11), random_state=0)
+    pairs = cross_modal_pairs([0] * 10 + [1] * 10, players=[0, 1, 2, 3, 10, 11, 12, 13])
+    full = PairInteractionApproximator(n, pairs, random_state=3).approximate(4000, game)
+    early = PairInteractionApproximator(n, pairs, random_state=3, stop_z=3.0).approximate(4000, game)
+    assert early.evaluations < full.evaluations / 2 and early.n_contexts < full.n_contexts
+    for result in (full, early):
+        assert tuple(result.pairs[np.argmax(result.sii)]) == (0, 10)
+        assert tuple(result.pairs[np.argmax(result.redundancy_gap)]) == (1, 11)
+    # a stop that never comes spends the plan and gives the same numbers as no stop (same contexts)
+    never = PairInteractionApproximator(n, pairs, random_state=3, stop_z=1e9).approximate(4000, game)
+    assert never.evaluations == full.evaluations and never.n_contexts == full.n_contexts
+    np.testing.assert_array_equal(never.sii, full.sii)
+    np.testing.assert_array_equal(never.redundancy_gap_se, full.redundancy_gap_se)
+
+
+@pytest.mark.parametrize("stop_z", [0, -1.0, float("nan"), "3"])
+def test_early_stop_rejects_bad_thresholds(stop_z):
+    with pytest.raises(ValueError, match="stop_z must be a positive number"):
+        PairInteractionApproximator(8, [(0, 4)], stop_z=stop_z)

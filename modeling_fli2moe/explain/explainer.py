@@ -129,11 +129,12 @@ class Explainer:
         *,
         budget: int = 2048,
         n_candidates: int = 6,
+        stop_z: float | None = 3.0,
         random_state: RandomState = None,
         heads: Sequence[str] | None = None,
         expert_pairs: bool = False,
         expert_budget: int | None = None,
-        faithfulness: bool = True,
+        faithfulness: bool | str | Sequence[str] | None = None,
         pair_masking: bool = True,
         top_k: int = 5,
         progress: Progress | None = None,
@@ -144,8 +145,12 @@ class Explainer:
         masks (`explainer.explain(explainer.prepare(inputs))`). `budget` bounds the coalition evaluations of
         the pair search on the mixture (the candidates' occlusion effects and the SII / RG estimates; maps,
         faithfulness and masking come on top); `n_candidates` players per modality (by `candidates`) form the
-        candidate cross-modal pairs; `expert_pairs=True` also estimates SII/RG with each expert as the value
-        function.
+        candidate cross-modal pairs; the pair estimates stop before the budget is spent once the top pair by SII
+        and the top pair by RG each lead the runner-up by `stop_z` standard errors (None: spend it all);
+        `expert_pairs=True` also estimates SII/RG with each expert as the value
+        function. `faithfulness` names the heads whose maps get top-K% masking curves (default: the mixture's,
+        or every requested head's when `heads` leaves the mixture out; `True`: every head's, as the dataset
+        evaluation does; `False`: none).
         """
         example = require_example(example, "Explainer.explain")
         if example.model is not self.model:
@@ -159,10 +164,10 @@ class Explainer:
         rng = check_random_state(random_state)
         with eval_mode(self.model):
             t0 = time.perf_counter()
-            return self._explain(example, t0, budget, n_candidates, rng, heads, expert_pairs, expert_budget,
+            return self._explain(example, t0, budget, n_candidates, stop_z, rng, heads, expert_pairs, expert_budget,
                                  faithfulness, pair_masking, top_k, progress)
 
-    def _explain(self, example: ExplainedExample, t0: float, budget, n_candidates, rng, heads, expert_pairs,
+    def _explain(self, example: ExplainedExample, t0: float, budget, n_candidates, stop_z, rng, heads, expert_pairs,
                  expert_budget, faithfulness, pair_masking, top_k, progress) -> Explanation:
         step = progress or (lambda frac, desc: None)
         model = self.model
@@ -218,7 +223,8 @@ class Explainer:
                 f"budget={budget} does not cover the candidate search ({effects.evaluations} evaluations for "
                 f"{game.n_players} players) and the pair estimates; raise budget (the default is 2048)"
             )
-        approximator = PairInteractionApproximator(game.n_players, pairs, random_state=rng, batch_size=self.chunk_size)
+        approximator = PairInteractionApproximator(game.n_players, pairs, random_state=rng, batch_size=self.chunk_size,
+                                                   stop_z=stop_z)
         result = approximator.approximate(budget - effects.evaluations, game)
         synergy, redundancy = self._ranked_pairs(game, result, tokens, "mixture", top_k)
         evaluations = int(result.evaluations) + effects.evaluations
@@ -228,17 +234,18 @@ class Explainer:
             for i, e in enumerate(expert_names):
                 step(0.45 + 0.2 * i / len(expert_names), f"pairs of the {e} expert")
                 g = example.game_for(e, output=self.output, **game_options)
-                r = PairInteractionApproximator(g.n_players, pairs, random_state=rng,
-                                                batch_size=self.chunk_size).approximate(expert_budget or budget, g)
+                r = PairInteractionApproximator(g.n_players, pairs, random_state=rng, batch_size=self.chunk_size,
+                                                stop_z=stop_z).approximate(expert_budget or budget, g)
                 syn_e, red_e = self._ranked_pairs(g, r, tokens, e, top_k)
                 per_expert[e] = {"synergy": syn_e, "redundancy": red_e}
                 evaluations += int(r.evaluations)
 
         faith: dict[str, FaithfulnessResult] = {}
-        if faithfulness:
+        faith_heads = _faithfulness_heads(faithfulness, head_list)
+        if faith_heads:
             step(0.7, "faithfulness: top-K% masking against random tokens")
             # the faithfulness games rank single tokens (a map's K% is of tokens, not of words)
-            faith = faithfulness_for_maps(example, maps, heads=head_list, random_state=rng, groups=None,
+            faith = faithfulness_for_maps(example, maps, heads=faith_heads, random_state=rng, groups=None,
                                           **game_options)
         masking: dict[str, PairMaskingResult] = {}
         if pair_masking:
@@ -315,6 +322,21 @@ class Explainer:
         syn = [make(k) for k in np.argsort(-result.sii, kind="stable")[:top_k]]
         red = [make(k) for k in np.argsort(-result.redundancy_gap, kind="stable")[:top_k]]
         return syn, red
+
+
+def _faithfulness_heads(faithfulness: bool | str | Sequence[str] | None, heads: list[str]) -> list[str]:
+    """The heads whose maps get faithfulness curves: all for True, none for False, the named ones, or by default
+    the mixture's (every head's when the mixture has no map)."""
+    if faithfulness is None:
+        return ["mixture"] if "mixture" in heads else list(heads)
+    if faithfulness is True or faithfulness is False:
+        return list(heads) if faithfulness else []
+    named = [faithfulness] if isinstance(faithfulness, str) else list(faithfulness)
+    unknown = [h for h in named if h not in heads]
+    if unknown:
+        raise ValueError(f"faithfulness names {unknown}, which have no map in this explanation; name heads among "
+                         f"{heads}, or pass True for all of them or False for none")
+    return named
 
 
 def pairs_of(pairs: np.ndarray, game: FeatureGame, modality: str) -> list[int]:

@@ -209,6 +209,12 @@ class PairInteractionApproximator:
         batch_size: rows per call of the game.
         antithetic: pair every sampled context with its complement.
         border: enumerate the outer context sizes exactly when that is cheaper than sampling them.
+        stop_z: stop sampling early once the top pair by SII and the top pair by RG each lead the runner-up by
+            `stop_z` standard errors of the difference (a normal quantile, taken as the Student t quantile of the
+            units' degrees of freedom), or no pair's score is `stop_z` standard errors above zero (checked after
+            `min_units` sampled units, then every `round_units`); None spends the whole budget. The contexts are drawn before any value is seen, so an
+            early stop evaluates a prefix of them.
+        min_units, round_units: see `stop_z`.
     """
 
     def __init__(
@@ -220,6 +226,9 @@ class PairInteractionApproximator:
         batch_size: int = 1024,
         antithetic: bool = True,
         border: bool = True,
+        stop_z: float | None = None,
+        min_units: int = 4,
+        round_units: int = 2,
     ) -> None:
         self.n_players = check_int("n_players", n_players, 2)
         self.pairs = _check_pairs(pairs, self.n_players)
@@ -227,11 +236,16 @@ class PairInteractionApproximator:
         self.random_state = random_state
         self.antithetic = bool(antithetic)
         self.border = bool(border)
+        if stop_z is not None and not (isinstance(stop_z, (int, float)) and math.isfinite(stop_z) and stop_z > 0):
+            raise ValueError(f"stop_z must be a positive number of standard errors or None, got {stop_z!r}")
+        self.stop_z = None if stop_z is None else float(stop_z)
+        self.min_units = check_int("min_units", min_units, 2)
+        self.round_units = check_int("round_units", round_units, 1)
 
     def __repr__(self) -> str:
         return (
             f"PairInteractionApproximator(n_players={self.n_players}, pairs={len(self.pairs)}, "
-            f"batch_size={self.batch_size}, antithetic={self.antithetic}, border={self.border})"
+            f"batch_size={self.batch_size}, antithetic={self.antithetic}, border={self.border}, stop_z={self.stop_z})"
         )
 
     def approximate(self, budget: int, game: ValueFn) -> InteractionResult:
@@ -264,44 +278,76 @@ class PairInteractionApproximator:
             n, m, len(players), rows_per_context, exact_sizes, units,
         )
 
-        # ---- rows: exact strata, then the sampled contexts
-        blocks: list[np.ndarray] = []
+        # ---- rows: exact strata, then the sampled contexts (evaluated in rounds when stopping early)
+        border: list[np.ndarray] = []
         stratum_shapes: list[tuple[int, int]] = []
         for s in exact_sizes:
             rows = stratum_rows(n, unique_pairs, s)
             stratum_shapes.append((s, rows.shape[1]))
-            blocks.append(np.packbits(rows, axis=-1).reshape(-1, (n + 7) // 8))
+            border.append(np.packbits(rows, axis=-1).reshape(-1, (n + 7) // 8))
         contexts = plan.draw_contexts(rng)
-        blocks += plan.context_rows(contexts)
-        packed = np.concatenate(blocks)
-        uniq, inverse = np.unique(packed_row_keys(packed), return_inverse=True)
-        if len(uniq) > budget:  # cannot happen by construction; guard the promise anyway
-            raise RuntimeError(f"internal error: {len(uniq)} distinct rows exceed budget={budget}")
-        values = evaluator(uniq.view(np.uint8).reshape(len(uniq), -1))[inverse.reshape(-1)]
+        per_unit = 2 if self.antithetic else 1
+        rounds = [units]
+        if self.stop_z is not None and units > self.min_units:
+            rounds = list(range(self.min_units, units, self.round_units)) + [units]
+        values = _RowValues(evaluator)
+        border_rows = np.concatenate(border) if border else np.zeros((0, (n + 7) // 8), dtype=np.uint8)
+        done = 0
+        for done in rounds:  # one call of the game per round: the border and the contexts' new rows
+            sampled = contexts[: per_unit * done]
+            row_values = values(np.concatenate([border_rows, *plan.context_rows(sampled)]))
+            border_values, sampled_values = row_values[: len(border_rows)], row_values[len(border_rows) :]
+            estimate = self._estimate(plan, unique_pairs, stratum_shapes, border_values, sampled, sampled_values)
+            if done < units and _top_resolved(estimate, self.stop_z, done):
+                logger.debug("SII: top pairs resolved after %d of %d units", done, units)
+                break
+        if values.evaluated > budget:  # cannot happen by construction; guard the promise anyway
+            raise RuntimeError(f"internal error: {values.evaluated} distinct rows exceed budget={budget}")
+        sii, sii_se, rg, rg_se = estimate
+        n_contexts = per_unit * done
 
-        # ---- exact strata
+        logger.debug("SII done: %d evaluations in %d calls", evaluator.evaluations, evaluator.calls)
+        return InteractionResult(
+            pairs=requested,
+            sii=sii[back],
+            sii_se=sii_se[back],
+            redundancy_gap=rg[back],
+            redundancy_gap_se=rg_se[back],
+            evaluations=evaluator.evaluations,
+            n_players=n,
+            budget=budget,
+            method="monte_carlo" if units else "exact",
+            n_contexts=n_contexts,
+            exact_sizes=exact_sizes,
+        )
+
+    def _estimate(self, plan: ContextPlan, pairs: np.ndarray, stratum_shapes: list[tuple[int, int]],
+                  border_values: np.ndarray, contexts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:
+        """SII, its standard error, RG and its standard error of every pair, from the exact strata's values and
+        the values of the sampled contexts' rows (in `plan.context_rows` order)."""
+        n, a, m = self.n_players, plan.depth, len(pairs)
         weights = sii_weights(n)
         sii = np.zeros(m)
         rg = np.zeros(m)
         offset = 0
         for s, k in stratum_shapes:
-            v = values[offset : offset + m * k * 4].reshape(m, k, 4)
+            v = border_values[offset : offset + m * k * 4].reshape(m, k, 4)
             offset += m * k * 4
             sii += weights[s] * (v[..., 3] - v[..., 1] - v[..., 2] + v[..., 0]).sum(1)
             rg += weights[s] * (np.minimum(v[..., 1], v[..., 2]) - v[..., 0]).sum(1)
-
-        # ---- sampled middle strata
         sii_se = np.zeros(m)
         rg_se = np.zeros(m)
-        if units:
-            v = values[offset:].reshape(len(contexts), rows_per_context)
-            col_i = 1 + np.searchsorted(players, unique_pairs[:, 0])
-            col_j = 1 + np.searchsorted(players, unique_pairs[:, 1])
+        if len(contexts):
+            players = plan.players
+            units = len(contexts) // (2 if self.antithetic else 1)
+            v = values.reshape(len(contexts), plan.rows_per_context)
+            col_i = 1 + np.searchsorted(players, pairs[:, 0])
+            col_j = 1 + np.searchsorted(players, pairs[:, 1])
             col_ij = 1 + len(players) + np.arange(m)
             # v4[..., code]: the row A xor Y with Y = {i if code & 1} | {j if code & 2}
             v4 = np.stack([np.broadcast_to(v[:, :1], (len(v), m)), v[:, col_i], v[:, col_j], v[:, col_ij]], axis=-1)
-            ai = contexts[:, unique_pairs[:, 0]].astype(np.int64)
-            aj = contexts[:, unique_pairs[:, 1]].astype(np.int64)
+            ai = contexts[:, pairs[:, 0]].astype(np.int64)
+            aj = contexts[:, pairs[:, 1]].astype(np.int64)
 
             def pick(code: np.ndarray) -> np.ndarray:
                 return np.take_along_axis(v4, code[..., None], axis=-1)[..., 0]
@@ -322,21 +368,46 @@ class PairInteractionApproximator:
             sii += mean[:, 0]
             rg += mean[:, 1]
             sii_se, rg_se = se[:, 0], se[:, 1]
+        return sii, sii_se, rg, rg_se
 
-        logger.debug("SII done: %d evaluations in %d calls", evaluator.evaluations, evaluator.calls)
-        return InteractionResult(
-            pairs=requested,
-            sii=sii[back],
-            sii_se=sii_se[back],
-            redundancy_gap=rg[back],
-            redundancy_gap_se=rg_se[back],
-            evaluations=evaluator.evaluations,
-            n_players=n,
-            budget=budget,
-            method="monte_carlo" if units else "exact",
-            n_contexts=len(contexts),
-            exact_sizes=exact_sizes,
-        )
+
+def _top_resolved(estimate: tuple[np.ndarray, ...], z: float, units: int) -> bool:
+    """True when, for SII and for RG, the top pair leads the runner-up by `z` standard errors of their difference
+    (as a Student t quantile for the `units - 1` degrees of freedom of the errors: few units need a larger lead),
+    or no pair is `z` standard errors above zero (there is no positive top pair to tell apart)."""
+    from scipy.stats import norm, t
+
+    lead = float(t.ppf(norm.cdf(z), max(units - 1, 1)))
+    sii, sii_se, rg, rg_se = estimate
+    for value, se in ((sii, sii_se), (rg, rg_se)):
+        if len(value) < 2 or not np.any(value > z * se):
+            continue
+        first, second = np.argsort(-value, kind="stable")[:2]
+        if value[first] - value[second] < lead * math.hypot(se[first], se[second]):
+            return False
+    return True
+
+
+class _RowValues:
+    """Values of packed coalition rows, each distinct row evaluated once across calls."""
+
+    def __init__(self, evaluator: _Evaluator) -> None:
+        self.evaluator = evaluator
+        self.known: dict[bytes, float] = {}
+
+    @property
+    def evaluated(self) -> int:
+        return len(self.known)
+
+    def __call__(self, packed: np.ndarray) -> np.ndarray:
+        uniq, inverse = np.unique(packed_row_keys(packed), return_inverse=True)
+        rows = uniq.view(np.uint8).reshape(len(uniq), -1)
+        keys = [r.tobytes() for r in rows]
+        new = [i for i, key in enumerate(keys) if key not in self.known]
+        if new:
+            for key, value in zip((keys[i] for i in new), self.evaluator(rows[new])):
+                self.known[key] = float(value)
+        return np.array([self.known[key] for key in keys], dtype=np.float64)[inverse.reshape(-1)]
 
 
 def shapley_interactions(
