@@ -131,7 +131,7 @@ def test_mc_matches_exact_within_4_se(kind, antithetic):
     result = shapley_interactions(
         game, n, pairs, budget=36 * 960, random_state=5, antithetic=antithetic, border=False
     )
-    assert result.n_contexts == 960 and result.exact_sizes == []
+    assert result.n_contexts >= 960 and result.exact_sizes == []
     _within(result, exact)
 
 
@@ -169,17 +169,20 @@ def test_mc_is_unbiased_over_many_runs(border):
         assert np.all((reported > 0.6 * spread) & (reported < 1.5 * spread)), (name, reported, spread)
 
 
-def test_standard_error_falls_as_one_over_sqrt_budget():
-    n = 10
+def test_standard_error_falls_as_one_over_sqrt_contexts_and_the_budget_is_spent():
+    n = 16  # 65,536 coalitions: far from all of them at either budget
     game = MLPGame(n, random_state=0)
-    pairs = cross_modal_pairs([0] * 5 + [1] * 5)
-    small = shapley_interactions(game, n, pairs, budget=72 * 60, random_state=1, border=False)
-    large = shapley_interactions(game, n, pairs, budget=72 * 240, random_state=2, border=False)
-    assert large.n_contexts == 4 * small.n_contexts
+    pairs = cross_modal_pairs([0] * 8 + [1] * 8)  # 64 pairs: 162 rows per antithetic unit
+    small = shapley_interactions(game, n, pairs, budget=162 * 30, random_state=1, border=False)
+    large = shapley_interactions(game, n, pairs, budget=162 * 120, random_state=2, border=False)
+    for result in (small, large):  # shared rows leave room that more contexts fill
+        assert result.budget - 162 < result.evaluations <= result.budget
+    assert small.n_contexts >= 60 and large.n_contexts >= 4 * small.n_contexts
+    expected = math.sqrt(small.n_contexts / large.n_contexts)
     ratio = np.mean(large.sii_se) / np.mean(small.sii_se)
     ratio_rg = np.mean(large.redundancy_gap_se) / np.mean(small.redundancy_gap_se)
-    assert 0.4 < ratio < 0.6, ratio
-    assert 0.4 < ratio_rg < 0.6, ratio_rg
+    assert 0.8 * expected < ratio < 1.25 * expected, (ratio, expected)
+    assert 0.8 * expected < ratio_rg < 1.25 * expected, (ratio_rg, expected)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -206,8 +209,8 @@ def test_one_context_costs_one_row_per_pair_plus_players_plus_one():
     pairs = cross_modal_pairs([0] * 7 + [1] * 7)  # 49 pairs over 14 players
     rows = 1 + 14 + 49
     result = shapley_interactions(game, n, pairs, budget=rows * 10, random_state=0, antithetic=False, border=False)
-    assert result.n_contexts == 10
-    assert result.evaluations <= rows * 10
+    assert result.n_contexts >= 10  # ten priced without shared rows, more where rows are shared
+    assert rows * 10 - rows < result.evaluations <= rows * 10  # the budget is spent
     assert game.calls == 1  # one value_fn call for the whole (small) budget
 
 
@@ -420,8 +423,8 @@ def test_early_stop_ends_when_the_top_pairs_are_resolved():
     # a stop that never comes spends the plan and gives the same numbers as no stop (same contexts)
     never = PairInteractionApproximator(n, pairs, random_state=3, stop_z=1e9).approximate(4000, game)
     assert never.evaluations == full.evaluations and never.n_contexts == full.n_contexts
-    np.testing.assert_array_equal(never.sii, full.sii)
-    np.testing.assert_array_equal(never.redundancy_gap_se, full.redundancy_gap_se)
+    np.testing.assert_allclose(never.sii, full.sii, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(never.redundancy_gap_se, full.redundancy_gap_se, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("stop_z", [0, -1.0, float("nan"), "3"])

@@ -19,6 +19,7 @@ import numpy as np
 __all__ = ["ContextPlan", "packed_row_keys", "stratum_rows"]
 
 MAX_BORDER_BYTES = 2**27  # raw bool rows generated at most (bytes) when pricing exact border strata
+MAX_IDLE_UNITS = 16  # top-up stops after this many units in a row that need no new coalition
 
 
 def packed_row_keys(packed: np.ndarray) -> np.ndarray:
@@ -128,17 +129,39 @@ class ContextPlan:
         """The context sizes |S| enumerated exactly."""
         return _border_strata(self.depth, self.n)
 
-    def draw_contexts(self, rng: np.random.Generator) -> np.ndarray:
-        """Bool contexts `(units, n)`, or `(2 * units, n)` with each complement right after its context."""
+    def draw_contexts(self, rng: np.random.Generator, units: int | None = None) -> np.ndarray:
+        """Bool contexts `(units, n)`, or `(2 * units, n)` with each complement right after its context
+        (`units` defaults to the plan's)."""
         n, a = self.n, self.depth
-        if not self.units:
+        units = self.units if units is None else units
+        if not units:
             return np.zeros((0, n), dtype=bool)
-        t = rng.integers(a, n - a + 1, size=self.units)
-        rank = np.argsort(np.argsort(rng.random((self.units, n)), axis=1), axis=1)
+        t = rng.integers(a, n - a + 1, size=units)
+        rank = np.argsort(np.argsort(rng.random((units, n)), axis=1), axis=1)
         contexts = rank < t[:, None]
         if self.antithetic:
             contexts = np.stack([contexts, ~contexts], axis=1).reshape(-1, n)
         return contexts
+
+    def top_up(self, rng: np.random.Generator, contexts: np.ndarray, border_rows: np.ndarray, budget: int) -> np.ndarray:
+        """`contexts` and more units, drawn one at a time while the distinct rows of all of them (with the exact
+        strata's `border_rows`, packed) still fit in `budget` (and a unit brings a row not planned yet). The plan prices units without the rows they share
+        (a context's rows that another context or an exact stratum also needs), so the budget would otherwise be
+        left partly unspent. The number of units then depends on the drawn contexts, never on a value; it stops
+        after `MAX_IDLE_UNITS` units in a row that need no new row (every coalition they touch is known)."""
+        if not self.units:
+            return contexts
+        known = {row.tobytes() for block in (border_rows, *self.context_rows(contexts)) for row in block}
+        extra, idle = [], 0
+        while len(known) < budget and idle < MAX_IDLE_UNITS:  # many units in a row with nothing new: saturated
+            unit = self.draw_contexts(rng, 1)
+            new = {row.tobytes() for block in self.context_rows(unit) for row in block} - known
+            if len(known) + len(new) > budget:
+                break
+            idle = 0 if new else idle + 1
+            known |= new
+            extra.append(unit)  # every drawn unit is kept, the free ones too: no selection by what they cost
+        return np.concatenate([contexts, *extra]) if extra else contexts
 
     def context_rows(self, contexts: np.ndarray) -> list[np.ndarray]:
         """Packed rows `(len(contexts) * rows_per_context, bytes)` of the contexts (in blocks): for each

@@ -285,13 +285,14 @@ class PairInteractionApproximator:
             rows = stratum_rows(n, unique_pairs, s)
             stratum_shapes.append((s, rows.shape[1]))
             border.append(np.packbits(rows, axis=-1).reshape(-1, (n + 7) // 8))
-        contexts = plan.draw_contexts(rng)
+        border_rows = np.concatenate(border) if border else np.zeros((0, (n + 7) // 8), dtype=np.uint8)
+        contexts = plan.top_up(rng, plan.draw_contexts(rng), border_rows, budget)
         per_unit = 2 if self.antithetic else 1
+        units = len(contexts) // per_unit
         rounds = [units]
         if self.stop_z is not None and units > self.min_units:
             rounds = list(range(self.min_units, units, self.round_units)) + [units]
         values = _RowValues(evaluator)
-        border_rows = np.concatenate(border) if border else np.zeros((0, (n + 7) // 8), dtype=np.uint8)
         done = 0
         for done in rounds:  # one call of the game per round: the border and the contexts' new rows
             sampled = contexts[: per_unit * done]
