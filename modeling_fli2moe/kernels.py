@@ -434,11 +434,11 @@ def coalition_logits(
     fill: Mapping[str, torch.Tensor],
     present: Mapping[str, torch.Tensor],
     masks: Mapping[str, torch.Tensor] | None = None,
-    head: int | str = "mixture",
+    head: int | str | Sequence[int | str] = "mixture",
 ) -> torch.Tensor:
     """Logits `(k, C)` of one head of an FL-I2MoE `model` on k coalitions of ONE example's tokens: the values of
     `model.head_logits_from_projected({n: torch.where(present[n][..., None], projected[n], fill[n])}, masks,
-    head)`, computed faster.
+    head)`, computed faster; for a list of heads, `(len(head), k, C)` from one pass of every expert.
 
     `projected {name: (1, T, H)}`: the example's projected tokens; `fill {name: (H,)}`: what stands in for an
     absent token; `present {name: (k, T)}` bool, true = the example's token; `masks {name: (1, T) or (k, T)}`
@@ -452,9 +452,10 @@ def coalition_logits(
     fills = {n: fill[n].reshape(1, 1, -1).to(own[n].dtype).expand_as(own[n]) for n in names}
     masks = {n: (torch.ones_like(present[n]) if masks is None else masks[n].bool()).expand(k, -1) for n in names}
     present = {n: present[n].bool() for n in names}
-    head = model.resolve_head(head)
-    mixture = head == "mixture" or model.config.mixture == "dense"
-    experts = None if mixture else model.resolve_experts(head)
+    many = not isinstance(head, (int, str))
+    heads = [model.resolve_head(h) for h in (head if many else [head])]
+    dense = model.config.mixture == "dense" or model.router is None  # the dense model's one expert is its output
+    experts = None if dense or len(heads) > 1 or heads[0] == "mixture" else model.resolve_experts(heads[0])
     # the two candidate inputs of every token: (2, T, H), 0 = the example's, 1 = the fill
     candidates, segments = model.embed({n: torch.cat([own[n], fills[n]]) for n in names})
     select = torch.cat([present[n] for n in names], dim=1)  # (k, T): true = candidate 0
@@ -485,18 +486,30 @@ def coalition_logits(
             parts.append(experts_forward(model.experts, hidden, token_mask[start : start + chunk], segments,
                                          experts=experts, first_qkv=qkv.index_select(1, part))[0])
     logits = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-    if not mixture or model.router is None:
-        return logits[0]
-    # masked means of the coalitions' projected tokens: the own tokens' share plus the fill's
+    names_of_experts = list(model.config.expert_names)
+    out = []
+    for h in heads:
+        if dense or experts is not None:
+            out.append(logits[0])
+        elif h != "mixture":
+            out.append(logits[names_of_experts.index(h)])
+        else:
+            out.append(torch.einsum("be,ebc->bc", _coalition_routing(model, own, fills, present, masks).to(logits.dtype), logits))
+    return torch.stack(out) if many else out[0]
+
+
+def _coalition_routing(model: nn.Module, own: Mapping[str, torch.Tensor], fills: Mapping[str, torch.Tensor],
+                       present: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The router's weights `(k, E)` of the coalitions, from the masked means of their projected tokens: the own
+    tokens' share plus the fill's."""
     pooled = []
-    for n in names:
+    for n in model.modality_names:
         valid = masks[n].to(own[n].dtype)
         own_share = present[n].to(own[n].dtype) * valid
         with torch.autocast(valid.device.type, enabled=False):  # as exact as the masked mean
             total = own_share @ own[n][0] + (valid.sum(-1, keepdim=True) - own_share.sum(-1, keepdim=True)) * fills[n][0, :1]
         pooled.append(total / valid.sum(-1, keepdim=True).clamp_min(1.0))
-    weights = model.router(pooled)
-    return torch.einsum("be,ebc->bc", weights.to(logits.dtype), logits)
+    return model.router(pooled)
 
 
 #: the model file's own `StackedExperts.forward`: the reference implementation the fast path must match

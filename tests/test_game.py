@@ -240,3 +240,46 @@ def test_check_random_state():
     assert (t1 == t2).all()
     with pytest.raises(TypeError, match="random_state"):
         check_random_state("seed")
+
+
+def test_heads_of_one_example_share_a_forward_pass(model, example, monkeypatch):
+    """`shared_values` and `ExplainedExample.occlusion_effects_of` give every head's own values from one pass of
+    the experts per chunk (the mixture's pass computes every expert), and each game still counts its rows."""
+    from modeling_fli2moe import kernels
+    from modeling_fli2moe.explain.game import shared_values
+
+    features, mask, player_mask = example
+    heads = ["mixture", *model.config.expert_names]
+    fresh = ExplainedExample(model, features, mask, player_mask)
+    games = [fresh.game_for(h, output="log_odds", chunk_size=16) for h in heads]
+    rows = torch.rand(40, games[0].n_players, generator=torch.Generator().manual_seed(0)) < 0.5
+    alone = [g(rows) for g in games]
+    passes = []
+    coalition_logits = kernels.coalition_logits
+    monkeypatch.setattr(kernels, "coalition_logits", lambda *a, **k: passes.append(1) or coalition_logits(*a, **k))
+    together = shared_values(games, rows)
+    assert len(passes) == 3  # 40 rows in chunks of 16, every head at once
+    for a, b in zip(alone, together):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert all(g.evaluations == 80 for g in games)
+    [g.value_empty for g in games]  # the reference values are one pass each, computed once
+    passes.clear()
+    effects = fresh.occlusion_effects_of(games)
+    assert len(passes) == -(-2 * games[0].n_players // 16)
+    for g, e in zip(games, effects):
+        reference = fresh.game_for(g.head, output="log_odds", chunk_size=16)
+        torch.testing.assert_close(e.removal, float(reference.value_full) - reference(~torch.eye(g.n_players, dtype=torch.bool)).double(),
+                                   atol=1e-5, rtol=1e-5)
+    assert fresh.occlusion_effects(games[1]) is effects[1]  # cached
+
+
+def test_games_that_cannot_share_a_pass_are_evaluated_one_by_one(model, example):
+    from modeling_fli2moe.explain.game import shared_values
+
+    features, mask, player_mask = example
+    fresh = ExplainedExample(model, features, mask, player_mask)
+    games = [fresh.game_for("mixture", fill="remove"), fresh.game_for("synergy", fill="remove")]
+    assert not games[0].shares_forward_with(games[1])
+    rows = torch.ones(3, games[0].n_players, dtype=torch.bool)
+    for g, values in zip(games, shared_values(games, rows)):
+        torch.testing.assert_close(values, g(rows))

@@ -195,9 +195,10 @@ class Occlusion(AttributionMethod):
     def _maps(self, example, head_names, targets, weights):
         groups = example.groups if self.groups is None else self.groups
         result = {}
-        for h in head_names:
-            game = example.game_for(h, target=targets[h], output=self.output, groups=groups, **self.game_options)
-            per_player = example.occlusion_effects(game).score / 2
+        games = [example.game_for(h, target=targets[h], output=self.output, groups=groups, **self.game_options)
+                 for h in head_names]
+        for h, game, effects in zip(head_names, games, example.occlusion_effects_of(games)):  # one pass for all heads
+            per_player = effects.score / 2
             sizes = torch.tensor([len(p) for p in game.player_positions], dtype=torch.float64)
             result[h] = {n: m.float() for n, m in game.token_map(per_player / sizes).items()}
         return result

@@ -199,14 +199,15 @@ class Explainer:
                               for i, e in enumerate(expert_names)}
 
         game_options = {"chunk_size": self.chunk_size, "autocast_dtype": self.autocast_dtype}
-        step(0.05, "first-order occlusion effects of every player")
-        game = example.game_for("mixture", output=self.output, **game_options)
-        effects = example.occlusion_effects(game)
-
-        step(0.15, "attribution maps (per expert and mixture)")
+        step(0.05, "attribution maps (per expert and mixture)")
         head_list = list(heads) if heads is not None else (
             ["mixture"] + (expert_names if cfg.mixture == "interaction" else []))
+        # first: occlusion maps of every head come from one pass, the mixture's effects among them
         maps = attribute(example, method=self.method, heads=head_list, output=self.output, **game_options)
+
+        step(0.15, "first-order occlusion effects of every player")
+        game = example.game_for("mixture", output=self.output, **game_options)
+        effects = example.occlusion_effects(game)
 
         step(0.3, "Shapley interactions of the candidate pairs")
         if self.candidates == "occlusion":

@@ -31,13 +31,14 @@ import torch
 from .. import kernels
 from ..configuration_fli2moe import FILLS
 from ._utils import check_target, eval_mode, resolve_head, select_target, target_values
-from .occlusion import occlusion_effects
+from .occlusion import occlusion_effects, occlusion_rows
 from .players import Groups, build_players, default_token_names, resolve_player_mask
 from .results import OcclusionEffects
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GAME_FILLS", "OUTPUTS", "ExplainedExample", "FeatureGame", "memory_chunk_size", "require_example"]
+__all__ = ["GAME_FILLS", "OUTPUTS", "ExplainedExample", "FeatureGame", "memory_chunk_size", "require_example",
+           "shared_values"]
 
 #: the fills (of the config's one vocabulary, `FILLS`) a game can do for an absent player's projected token: the
 #: dataset-mean token or nothing (masked out); noise and zeros are training's knock-outs only
@@ -163,6 +164,16 @@ class ExplainedExample:
         if key not in self._effects:
             self._effects[key] = occlusion_effects(game)
         return self._effects[key]
+
+    def occlusion_effects_of(self, games: Sequence[FeatureGame]) -> list[OcclusionEffects]:
+        """`occlusion_effects` of several games, those not computed yet in one pass where they share it (the
+        heads of one example: `shared_values`)."""
+        todo = list({g.value_key: g for g in games if g.value_key not in self._effects}.values())
+        if len(todo) > 1 and all(todo[0].shares_forward_with(g) for g in todo[1:]):
+            rows = occlusion_rows(todo[0].n_players)
+            for g, values in zip(todo, shared_values(todo, rows)):
+                self._effects[g.value_key] = occlusion_effects(g, values)
+        return [self.occlusion_effects(g) for g in games]
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{n}: {int(self.player_mask[n].sum())}/{self.lengths[n]}" for n in self.modality_names)
@@ -353,15 +364,17 @@ class FeatureGame:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.model.device.type, dtype=self.autocast_dtype)
 
-    def _logits(self, coalitions: torch.Tensor) -> torch.Tensor:
-        """Head logits `(k, C)` of a chunk of coalitions `(k, n_players)` bool (on the model's device)."""
+    def _logits(self, coalitions: torch.Tensor, heads: Sequence[str] | None = None) -> torch.Tensor:
+        """Head logits `(k, C)` of a chunk of coalitions `(k, n_players)` bool (on the model's device); with
+        `heads` (mean fill), `(len(heads), k, C)` of those heads from one pass."""
         k = coalitions.shape[0]
         with torch.inference_mode(), eval_mode(self.model), self._autocast():
             always = torch.ones(k, 1, dtype=torch.bool, device=coalitions.device)
             present_cols = torch.cat([coalitions, always], dim=1)  # (k, n_players + 1)
             present = {n: present_cols[:, self._token_player[n]] for n in self.modality_names}  # (k, T) each
             if self.fill == "mean":
-                return kernels.coalition_logits(self.model, self._projected, self._fill, present, self._masks, self.head).float()
+                head = self.head if heads is None else list(heads)
+                return kernels.coalition_logits(self.model, self._projected, self._fill, present, self._masks, head).float()
             projected, masks = {}, {}
             for n in self.modality_names:
                 base_mask = self._masks[n].expand(k, -1)
@@ -375,6 +388,24 @@ class FeatureGame:
 
     def __call__(self, coalitions: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Values `(k,)` (float32, CPU) of coalitions `(k, n_players)` bool; every row is counted."""
+        coalitions = self._check_coalitions(coalitions)
+        k = coalitions.shape[0]
+        out = torch.empty(k, dtype=torch.float32)
+        device = self.model.device
+        for start in range(0, k, self.chunk_size):
+            chunk = coalitions[start : start + self.chunk_size].to(device)
+            logits = self._logits(chunk)
+            out[start : start + chunk.shape[0]] = target_values(logits, self.target, self.output, self.problem_type).cpu()
+        self.evaluations += k
+        return out
+
+    def shares_forward_with(self, other: FeatureGame) -> bool:
+        """Whether `other` can be evaluated in the same forward pass: the same example, mean fill, players and
+        autocast (the head, target and output may differ)."""
+        return (other.example is self.example and self.fill == other.fill == "mean"
+                and self.autocast_dtype == other.autocast_dtype and self.player_positions == other.player_positions)
+
+    def _check_coalitions(self, coalitions: torch.Tensor | np.ndarray) -> torch.Tensor:
         if isinstance(coalitions, np.ndarray):
             if coalitions.dtype != np.bool_:
                 raise TypeError(
@@ -390,15 +421,7 @@ class FeatureGame:
                 f"coalitions must have shape (k, n_players) = (k, {self.n_players}), got {tuple(coalitions.shape)}; "
                 "for one coalition use coalition[None]"
             )
-        k = coalitions.shape[0]
-        out = torch.empty(k, dtype=torch.float32)
-        device = self.model.device
-        for start in range(0, k, self.chunk_size):
-            chunk = coalitions[start : start + self.chunk_size].to(device)
-            logits = self._logits(chunk)
-            out[start : start + chunk.shape[0]] = target_values(logits, self.target, self.output, self.problem_type).cpu()
-        self.evaluations += k
-        return out
+        return coalitions
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{n}: {len(self._players_of[n])}" for n in self.modality_names)
@@ -411,3 +434,22 @@ class FeatureGame:
     def grand_coalition(self) -> torch.Tensor:
         return torch.ones(1, self.n_players, dtype=torch.bool)
 
+
+def shared_values(games: Sequence[FeatureGame], coalitions: torch.Tensor | np.ndarray) -> list[torch.Tensor]:
+    """The values `(k,)` of several games on the same coalitions, as `[game(coalitions) for game in games]`: games
+    that share a forward pass (`FeatureGame.shares_forward_with`: heads of one example under mean fill) are evaluated
+    together, every expert once per chunk instead of once per game. Each game counts the rows."""
+    games = list(games)
+    if len(games) < 2 or not all(games[0].shares_forward_with(g) for g in games[1:]):
+        return [g(coalitions) for g in games]
+    coalitions = games[0]._check_coalitions(coalitions)
+    k, chunk_size = coalitions.shape[0], min(g.chunk_size for g in games)
+    out = [torch.empty(k, dtype=torch.float32) for _ in games]
+    for start in range(0, k, chunk_size):
+        chunk = coalitions[start : start + chunk_size].to(games[0].model.device)
+        logits = games[0]._logits(chunk, [g.head for g in games])
+        for g, values, head_logits in zip(games, out, logits):
+            values[start : start + chunk.shape[0]] = target_values(head_logits, g.target, g.output, g.problem_type).cpu()
+    for g in games:
+        g.evaluations += k
+    return out

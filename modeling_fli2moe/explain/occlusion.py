@@ -16,15 +16,22 @@ import torch
 
 from .results import OcclusionEffects
 
-__all__ = ["occlusion_effects"]
+__all__ = ["occlusion_effects", "occlusion_rows"]
 
 
-def occlusion_effects(game: Any) -> OcclusionEffects:
+def occlusion_rows(n_players: int) -> torch.Tensor:
+    """The `2 * n_players` coalitions of the effects: every player removed from the full input, then every
+    player alone."""
+    eye = torch.eye(n_players, dtype=torch.bool)
+    return torch.cat([~eye, eye])
+
+
+def occlusion_effects(game: Any, values: torch.Tensor | None = None) -> OcclusionEffects:
     """Removal and inclusion effects of every player of `game` (a callable over bool coalitions with
-    `n_players`, `value_full` and `value_empty`), in one batch of `2 * n_players` coalitions."""
+    `n_players`, `value_full` and `value_empty`), in one batch of `2 * n_players` coalitions (or from their
+    `values`, already computed in `occlusion_rows` order)."""
     n = int(game.n_players)
-    eye = torch.eye(n, dtype=torch.bool)
-    values = game(torch.cat([~eye, eye])).double()
+    values = (game(occlusion_rows(n)) if values is None else values).double()
     removal = float(game.value_full) - values[:n]
     inclusion = values[n:] - float(game.value_empty)
     return OcclusionEffects(removal=removal, inclusion=inclusion, evaluations=2 * n)
