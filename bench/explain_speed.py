@@ -76,9 +76,9 @@ class StageClock:
         logits = FeatureGame._logits
         clock = self
 
-        def counting(game, coalitions):
+        def counting(game, coalitions, *heads):  # a pass for several heads counts once: it is one forward
             clock.evaluations[clock.stage] += int(coalitions.shape[0])
-            return logits(game, coalitions)
+            return logits(game, coalitions, *heads)
 
         patches = [
             (Explainer, "prepare", self.timed("encode", Explainer.prepare)),
