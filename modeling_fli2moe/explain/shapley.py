@@ -266,7 +266,7 @@ class PairInteractionApproximator:
         back = back.reshape(-1)
         m = len(unique_pairs)
         plan = ContextPlan.make(n, unique_pairs, budget, border=self.border, antithetic=self.antithetic)
-        a, units, players, rows_per_context = plan.depth, plan.units, plan.players, plan.rows_per_context
+        units, players, rows_per_context = plan.units, plan.players, plan.rows_per_context
         exact_sizes = plan.exact_sizes
         if 0 < units < _FEW_UNITS:
             logger.warning(
