@@ -388,16 +388,7 @@ class FeatureGame:
 
     def __call__(self, coalitions: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Values `(k,)` (float32, CPU) of coalitions `(k, n_players)` bool; every row is counted."""
-        coalitions = self._check_coalitions(coalitions)
-        k = coalitions.shape[0]
-        out = torch.empty(k, dtype=torch.float32)
-        device = self.model.device
-        for start in range(0, k, self.chunk_size):
-            chunk = coalitions[start : start + self.chunk_size].to(device)
-            logits = self._logits(chunk)
-            out[start : start + chunk.shape[0]] = target_values(logits, self.target, self.output, self.problem_type).cpu()
-        self.evaluations += k
-        return out
+        return _chunked_values([self], coalitions)[0]
 
     def shares_forward_with(self, other: FeatureGame) -> bool:
         """Whether `other` can be evaluated in the same forward pass: the same example, mean fill, players and
@@ -442,13 +433,18 @@ def shared_values(games: Sequence[FeatureGame], coalitions: torch.Tensor | np.nd
     games = list(games)
     if len(games) < 2 or not all(games[0].shares_forward_with(g) for g in games[1:]):
         return [g(coalitions) for g in games]
+    return _chunked_values(games, coalitions)
+
+
+def _chunked_values(games: list[FeatureGame], coalitions: torch.Tensor | np.ndarray) -> list[torch.Tensor]:
+    """The values of one game, or of games that share a forward pass, chunk by chunk; each game counts the rows."""
     coalitions = games[0]._check_coalitions(coalitions)
     k, chunk_size = coalitions.shape[0], min(g.chunk_size for g in games)
     out = [torch.empty(k, dtype=torch.float32) for _ in games]
     for start in range(0, k, chunk_size):
         chunk = coalitions[start : start + chunk_size].to(games[0].model.device)
-        logits = games[0]._logits(chunk, [g.head for g in games])
-        for g, values, head_logits in zip(games, out, logits):
+        logits = games[0]._logits(chunk) if len(games) == 1 else games[0]._logits(chunk, [g.head for g in games])
+        for g, values, head_logits in zip(games, out, logits[None] if len(games) == 1 else logits):
             values[start : start + chunk.shape[0]] = target_values(head_logits, g.target, g.output, g.problem_type).cpu()
     for g in games:
         g.evaluations += k
