@@ -293,11 +293,14 @@ class PairInteractionApproximator:
         if self.stop_z is not None and units > self.min_units:
             rounds = list(range(self.min_units, units, self.round_units)) + [units]
         values = _RowValues(evaluator)
-        done = 0
-        for done in rounds:  # one call of the game per round: the border and the contexts' new rows
-            sampled = contexts[: per_unit * done]
-            row_values = values(np.concatenate([border_rows, *plan.context_rows(sampled)]))
-            border_values, sampled_values = row_values[: len(border_rows)], row_values[len(border_rows) :]
+        done, parts = 0, []
+        for first, done in zip([0, *rounds], rounds):  # one call of the game per round: the border, then new units
+            new = plan.context_rows(contexts[per_unit * first : per_unit * done])
+            row_values = values(np.concatenate([border_rows, *new] if first == 0 else new))
+            if first == 0:
+                border_values, row_values = row_values[: len(border_rows)], row_values[len(border_rows) :]
+            parts.append(row_values)
+            sampled, sampled_values = contexts[: per_unit * done], np.concatenate(parts)
             estimate = self._estimate(plan, unique_pairs, stratum_shapes, border_values, sampled, sampled_values)
             if done < units and _top_resolved(estimate, self.stop_z, done):
                 logger.debug("SII: top pairs resolved after %d of %d units", done, units)
