@@ -145,7 +145,7 @@ class ContextPlan:
 
     def top_up(self, rng: np.random.Generator, contexts: np.ndarray, border_rows: np.ndarray, budget: int) -> np.ndarray:
         """`contexts` and more units, drawn one at a time while the distinct rows of all of them (with the exact
-        strata's `border_rows`, packed) still fit in `budget` (and a unit brings a row not planned yet). The plan prices units without the rows they share
+        strata's `border_rows`, packed) still fit in `budget`. The plan prices units without the rows they share
         (a context's rows that another context or an exact stratum also needs), so the budget would otherwise be
         left partly unspent. The number of units then depends on the drawn contexts, never on a value; it stops
         after `MAX_IDLE_UNITS` units in a row that need no new row (every coalition they touch is known)."""
