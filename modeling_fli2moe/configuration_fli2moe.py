@@ -62,9 +62,10 @@ class FLI2MoEConfig(PreTrainedConfig):
         interaction_space (`str`, defaults to `"latent"`): where interaction losses compare the clean and knocked-out
             passes: `latent` (pooled expert latents) or `logits`.
         token_masking (`float`, defaults to 0.0): in training, each example draws a rate uniformly from `[0,
-            token_masking]` and each of its tokens becomes its modality's dataset-mean token (the explanations' fill for
-            an absent token) with that probability, so that the model reads the mean token as "unknown", not as a
-            value, in contexts as sparse as an interaction index samples. `0` turns it off.
+            token_masking]` and each of its tokens becomes absent with that probability: masked out when `fill` is
+            `remove`, else its modality's dataset-mean token (the explanations' fill for an absent token follows the
+            same rule), so that the model reads an absent token as "unknown", not as a value, in contexts as sparse as
+            an interaction index samples. `0` turns it off.
         mixture (`str`, defaults to `"interaction"`): `interaction` (M uniqueness experts, a synergy and a redundancy
             expert, a router) or `dense` (one expert, no router, no interaction loss).
         num_labels / id2label / label2id / problem_type: as in every transformers classifier; `problem_type` is one of

@@ -383,14 +383,19 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
             return self.projections[name](getattr(self.modality_means, name).to(like.dtype)).expand_as(like)
         return torch.zeros_like(like)
 
-    def mask_tokens(self, projected: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def mask_tokens(
+        self, projected: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Training-time token masking (`config.token_masking`): each example draws a rate from `U(0, token_masking)`
-        and each of its projected tokens becomes its modality's projected mean token (an absent token) with it."""
+        and each of its tokens becomes absent with it: masked out of attention and pooling when `config.fill` is
+        `remove`, else replaced by its modality's projected mean token. Returns `(projected, masks)`."""
         any_x = projected[self.modality_names[0]]
         rate = torch.rand(any_x.shape[0], 1, generator=generator, device=any_x.device) * self.config.token_masking
-        means = self.projected_modality_means()
         drop = {n: torch.rand(x.shape[:2], generator=generator, device=x.device) < rate for n, x in projected.items()}
-        return {n: torch.where(drop[n].unsqueeze(-1), means[n].to(x.dtype), x) for n, x in projected.items()}
+        if self.config.fill == "remove":
+            return dict(projected), {n: masks[n] & ~drop[n] for n in projected}
+        means = self.projected_modality_means()
+        return {n: torch.where(drop[n].unsqueeze(-1), means[n].to(x.dtype), x) for n, x in projected.items()}, dict(masks)
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """transformers' sequence-classification loss in float32, after checking the labels against
@@ -461,7 +466,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
             features, masks = self.trim_padding(features, masks)
         projected = self.project(features)
         if self.training and self.config.token_masking > 0:
-            projected = self.mask_tokens(projected, generator)
+            projected, masks = self.mask_tokens(projected, masks, generator)
         weights = self.route(projected, masks)
         if compute_interaction_loss is None:
             compute_interaction_loss = labels is not None

@@ -110,7 +110,9 @@ def test_token_masking_replaces_tokens_by_the_projected_mean_in_training_only(ge
     feats, masks = random_inputs(cfg, batch_size=64, tokens={"text": 40, "image": 40}, generator=generator)
     projected = model.project(feats)
     means = model.projected_modality_means()
-    masked = model.mask_tokens(projected, torch.Generator().manual_seed(3))
+    bool_masks = {n: m.bool() for n, m in masks.items()}
+    masked, kept = model.mask_tokens(projected, bool_masks, torch.Generator().manual_seed(3))
+    assert all(torch.equal(kept[n], bool_masks[n]) for n in cfg.modality_names)  # the mean fill keeps every token
     rates = []
     for n in cfg.modality_names:
         own = (masked[n] == projected[n]).all(-1)
@@ -129,6 +131,31 @@ def test_token_masking_replaces_tokens_by_the_projected_mean_in_training_only(ge
     model.config.token_masking = 1.0
     model.eval()
     torch.testing.assert_close(model(feats, masks).logits, plain)
+
+
+def test_token_masking_with_the_remove_fill_masks_tokens_out(generator):
+    """With `fill="remove"` token masking drops tokens from the masks (the same draws as the mean fill's
+    replacements) and leaves the projections as they are."""
+    cfg = tiny_config(token_masking=1.0, fill="remove")
+    torch.manual_seed(0)
+    model = FLI2MoEModel(cfg)
+    feats, masks = random_inputs(cfg, batch_size=64, tokens={"text": 40, "image": 40}, generator=generator)
+    projected = model.project(feats)
+    bool_masks = {n: m.bool() for n, m in masks.items()}
+    same, kept = model.mask_tokens(projected, bool_masks, torch.Generator().manual_seed(3))
+    mean_model = FLI2MoEModel(tiny_config(token_masking=1.0))
+    mean_model.load_state_dict(model.state_dict())
+    replaced, _ = mean_model.mask_tokens(projected, bool_masks, torch.Generator().manual_seed(3))
+    for n in cfg.modality_names:
+        assert torch.equal(same[n], projected[n])
+        dropped = bool_masks[n] & ~kept[n]
+        assert not bool((kept[n] & ~bool_masks[n]).any())  # padding stays padding
+        assert 0.3 < float(dropped.float().sum() / bool_masks[n].float().sum()) < 0.7
+        torch.testing.assert_close(dropped, bool_masks[n] & (replaced[n] != projected[n]).any(-1))
+    labels = torch.zeros(64, dtype=torch.long)
+    train_out = model(feats, masks, labels=labels, generator=torch.Generator().manual_seed(3)).logits
+    model.eval()
+    assert not torch.allclose(train_out, model(feats, masks).logits)
 
 
 def test_interaction_loss_gradients_flow_through_knocked_out_passes(generator):
