@@ -278,8 +278,28 @@ def test_games_that_cannot_share_a_pass_are_evaluated_one_by_one(model, example)
 
     features, mask, player_mask = example
     fresh = ExplainedExample(model, features, mask, player_mask)
-    games = [fresh.game_for("mixture", fill="remove"), fresh.game_for("synergy", fill="remove")]
+    games = [fresh.game_for("mixture", fill="mean"), fresh.game_for("synergy", fill="remove")]
     assert not games[0].shares_forward_with(games[1])
+    assert fresh.game_for("mixture", fill="remove").shares_forward_with(games[1])  # same fill: one pass
     rows = torch.ones(3, games[0].n_players, dtype=torch.bool)
     for g, values in zip(games, shared_values(games, rows)):
         torch.testing.assert_close(values, g(rows))
+
+
+def test_context_effects_catch_both_tokens_of_an_and_pair_and_of_an_or_pair():
+    """In each antithetic pair of half-full contexts a pair's partner is present in exactly one: every token of
+    an AND pair (worth 1 together) and of an OR pair (worth 1 if either) has the effect 1 in exactly one
+    of the two, and a player without a term has none; the cost is one batch of 2 (n + 1) rows per pair."""
+    from modeling_fli2moe.explain.occlusion import context_effects
+    from modeling_fli2moe.testing.games import PlantedGame
+
+    game = PlantedGame(8, and_pair=(0, 1), or_pair=(2, 3), noise_scale=0.0, n_noise_pairs=0, random_state=0)
+    for seed in range(5):
+        before = game.evaluations
+        effects = context_effects(game, n_pairs=2, random_state=seed)
+        assert effects.shape == (4, 8) and game.evaluations - before == 4 * 9
+        for first, second in ((effects[0], effects[2]), (effects[1], effects[3])):  # S and its complement
+            torch.testing.assert_close(first[:4] + second[:4], torch.ones(4, dtype=torch.float64))
+            assert set(first[:4].tolist()) <= {0.0, 1.0}
+        assert not effects[:, 4:].any()
+    torch.testing.assert_close(context_effects(game, random_state=3), context_effects(game, random_state=3))

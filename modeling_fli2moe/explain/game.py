@@ -366,34 +366,27 @@ class FeatureGame:
 
     def _logits(self, coalitions: torch.Tensor, heads: Sequence[str] | None = None) -> torch.Tensor:
         """Head logits `(k, C)` of a chunk of coalitions `(k, n_players)` bool (on the model's device); with
-        `heads` (mean fill), `(len(heads), k, C)` of those heads from one pass."""
+        `heads` (games sharing a forward pass), `(len(heads), k, C)` of those heads from one pass."""
         k = coalitions.shape[0]
         with torch.inference_mode(), eval_mode(self.model), self._autocast():
             always = torch.ones(k, 1, dtype=torch.bool, device=coalitions.device)
             present_cols = torch.cat([coalitions, always], dim=1)  # (k, n_players + 1)
             present = {n: present_cols[:, self._token_player[n]] for n in self.modality_names}  # (k, T) each
-            if self.fill == "mean":
-                head = self.head if heads is None else list(heads)
-                return kernels.coalition_logits(self.model, self._projected, self._fill, present, self._masks, head).float()
-            projected, masks = {}, {}
-            for n in self.modality_names:
-                base_mask = self._masks[n].expand(k, -1)
-                if self.fill == "mean":
-                    projected[n] = torch.where(present[n].unsqueeze(-1), self._projected[n], self._fill[n])
-                    masks[n] = base_mask
-                else:
-                    projected[n] = self._projected[n].expand(k, -1, -1)
-                    masks[n] = base_mask & present[n]
-            return self.model.head_logits_from_projected(projected, masks, self.head).float()
+            masks = self._masks
+            if self.fill == "remove":  # every row keeps its own tokens; the absent ones are masked out
+                masks = {n: self._masks[n] & present[n] for n in self.modality_names}
+                present = {n: torch.ones_like(present[n]) for n in self.modality_names}
+            head = self.head if heads is None else list(heads)
+            return kernels.coalition_logits(self.model, self._projected, self._fill, present, masks, head).float()
 
     def __call__(self, coalitions: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Values `(k,)` (float32, CPU) of coalitions `(k, n_players)` bool; every row is counted."""
         return _chunked_values([self], coalitions)[0]
 
     def shares_forward_with(self, other: FeatureGame) -> bool:
-        """Whether `other` can be evaluated in the same forward pass: the same example, mean fill, players and
+        """Whether `other` can be evaluated in the same forward pass: the same example, fill, players and
         autocast (the head, target and output may differ)."""
-        return (other.example is self.example and self.fill == other.fill == "mean"
+        return (other.example is self.example and self.fill == other.fill
                 and self.autocast_dtype == other.autocast_dtype and self.player_positions == other.player_positions)
 
     def _check_coalitions(self, coalitions: torch.Tensor | np.ndarray) -> torch.Tensor:
