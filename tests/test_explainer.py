@@ -53,7 +53,8 @@ def test_explanation_is_the_pinned_one():
     whole budget spent and every head's faithfulness curves. The maps and the full-input values were pinned from the
     pipeline that built every game from the raw features (one game per head and question); the pair estimates and
     the random draws after them were re-pinned when the estimator began to spend its budget on distinct coalitions
-    (2048 evaluations instead of 1486)."""
+    (2048 evaluations instead of 1486), and again when the candidate search added effects in half-full contexts
+    (the maps and full-input values unchanged)."""
     got = json.loads(tiny_explanation(stop_z=None, faithfulness=True).to_json())
     want = json.loads(PINNED.read_text())
     got.pop("seconds"), want.pop("seconds")

@@ -15,7 +15,8 @@ from ..random_state import RandomState, check_random_state
 from ._utils import check_int, eval_mode
 from .attribution import ATTRIBUTION_METHODS, attribute
 from .faithfulness import faithfulness_for_maps
-from .game import OUTPUTS, ExplainedExample, FeatureGame, require_example
+from .game import GAME_FILLS, OUTPUTS, ExplainedExample, FeatureGame, require_example
+from .occlusion import context_effects
 from .pair_masking import pair_masking as pair_masking_fn
 from .players import word_groups
 from .results import Explanation, FaithfulnessResult, InteractionPair, PairMaskingResult, grid_shape
@@ -39,9 +40,10 @@ class Explainer:
         processor: an `FLI2MoEProcessor`, needed only to explain raw inputs (strings, images).
         method: attribution method of the maps (`occlusion`, `attn_rollout_grad`, `integrated_gradients`,
             `gradient_x_input`).
-        candidates: how candidate players are chosen: `occlusion` (the game's own first-order effects at
-            both ends, which finds synergistic and redundant tokens alike) or an attribution method name
-            (the mixture's map of that method).
+        candidates: how candidate players are chosen: `occlusion` (the game's own first-order effects:
+            removal from the full input, which finds synergistic tokens, plus the effects in an antithetic
+            pair of half-full contexts, which find redundant ones too, away from the nearly empty inputs
+            a model seldom sees) or an attribution method name (the mixture's map of that method).
         output: the games' value: `log_odds` (shift-invariant for softmax heads), `logit` or `probability`.
         players: `words` (word-pieces of one word form one player, from the processor's `word_ids`) or
             `tokens` (every token is a player).
@@ -49,6 +51,9 @@ class Explainer:
             on the model's device, i.e. CUDA or a CPU with avx512_bf16 or AMX; fp32 elsewhere), a dtype
             such as `torch.bfloat16`, or None for fp32.
         chunk_size: coalitions per forward pass.
+        fill: what an absent player is in every game: `"mean"` (its modality's mean token) or `"remove"`
+            (masked out); default: the model's own absence, `"remove"` when `config.fill` is `remove` (it was
+            trained to see absent tokens masked out), else `"mean"`.
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class Explainer:
         players: str = "words",
         autocast_dtype: torch.dtype | str | None = "auto",
         chunk_size: int = 512,
+        fill: str | None = None,
     ) -> None:
         if method not in ATTRIBUTION_METHODS:
             raise ValueError(f"method must be one of {list(ATTRIBUTION_METHODS)}, got {method!r}")
@@ -71,6 +77,8 @@ class Explainer:
         if players not in PLAYER_KINDS:
             raise ValueError(f"players must be one of {list(PLAYER_KINDS)}, got {players!r}")
         check_int("chunk_size", chunk_size)
+        if fill is not None and fill not in GAME_FILLS:
+            raise ValueError(f"fill must be one of {list(GAME_FILLS)} or None (the model's own absence), got {fill!r}")
         self.model = model.eval()
         self.processor = processor
         self.method = method
@@ -83,6 +91,7 @@ class Explainer:
             raise ValueError(f"autocast_dtype must be 'auto', a torch.dtype or None, got {autocast_dtype!r}")
         self.autocast_dtype = autocast_dtype
         self.chunk_size = chunk_size
+        self.fill = fill or absence_fill(model.config)
 
     # ----------------------------------------------------------------- inputs
     def prepare(
@@ -184,7 +193,7 @@ class Explainer:
                 "features, not the raw input"
             )
 
-        notes.append(absence_note(cfg))
+        notes.append(absence_note(cfg, self.fill))
 
         out = example.model_output()
         logits = out.logits[0].float()
@@ -198,7 +207,7 @@ class Explainer:
         expert_predictions = {e: {labels[c]: float(expert_probs[i, c]) for c in range(len(labels))}
                               for i, e in enumerate(expert_names)}
 
-        game_options = {"chunk_size": self.chunk_size, "autocast_dtype": self.autocast_dtype}
+        game_options = {"chunk_size": self.chunk_size, "autocast_dtype": self.autocast_dtype, "fill": self.fill}
         step(0.05, "attribution maps (per expert and mixture)")
         head_list = list(heads) if heads is not None else (
             ["mixture"] + (expert_names if cfg.mixture == "interaction" else []))
@@ -210,8 +219,11 @@ class Explainer:
         effects = example.occlusion_effects(game)
 
         step(0.3, "Shapley interactions of the candidate pairs")
-        if self.candidates == "occlusion":
-            candidate_scores = effects.score
+        search = effects.evaluations
+        if self.candidates == "occlusion":  # removal from the full input, and effects in half-full contexts
+            context = context_effects(game, random_state=rng)
+            search += context.numel() + context.shape[0]
+            candidate_scores = effects.removal.abs() + context.abs().mean(0)
         elif self.candidates == self.method:
             candidate_scores = game.player_scores(maps.maps["mixture"])
         else:
@@ -219,16 +231,16 @@ class Explainer:
                               **game_options)
             candidate_scores = game.player_scores(other.maps["mixture"])
         pairs = self.candidate_pairs(game, candidate_scores, n_candidates)
-        if budget <= effects.evaluations:
+        if budget <= search:
             raise ValueError(
-                f"budget={budget} does not cover the candidate search ({effects.evaluations} evaluations for "
+                f"budget={budget} does not cover the candidate search ({search} evaluations for "
                 f"{game.n_players} players) and the pair estimates; raise budget (the default is 2048)"
             )
         approximator = PairInteractionApproximator(game.n_players, pairs, random_state=rng, batch_size=self.chunk_size,
                                                    stop_z=stop_z)
-        result = approximator.approximate(budget - effects.evaluations, game)
+        result = approximator.approximate(budget - search, game)
         synergy, redundancy = self._ranked_pairs(game, result, tokens, "mixture", top_k)
-        evaluations = int(result.evaluations) + effects.evaluations
+        evaluations = int(result.evaluations) + search
 
         per_expert: dict[str, dict[str, list[InteractionPair]]] = {}
         if expert_pairs and cfg.mixture == "interaction":
@@ -357,14 +369,23 @@ def _token(tokens: Mapping[str, list[str]], modality: str, positions: Sequence[i
     )
 
 
-def absence_note(config: Any) -> str:
-    """What an absent player means to this model: the games fill it with its modality's mean token, which a
-    model trained with token masking (`config.token_masking`) has learned to read as "unknown"; any other model
-    (trained before token masking, or without it) may read the mean token as a value."""
+def absence_fill(config: Any) -> str:
+    """The game fill that matches how the model saw absent tokens in training: `remove` for a model whose
+    knock-outs and token masking removed them (`config.fill == "remove"`), else `mean`."""
+    return "remove" if getattr(config, "fill", None) == "remove" else "mean"
+
+
+def absence_note(config: Any, fill: str = "mean") -> str:
+    """What an absent player means to this model under the games' `fill`: a model trained with token masking
+    (`config.token_masking`) in the same absence has learned to read it as "unknown"; any other model (trained
+    before token masking, without it, or with the other absence) may read it as a value."""
     rate = float(getattr(config, "token_masking", 0.0) or 0.0)
-    if rate > 0:
-        return (f"absent tokens are the modality's mean token, which this model was trained to read as unknown "
+    what = "masked out of attention and pooling" if fill == "remove" else "the modality's mean token"
+    if rate > 0 and fill == absence_fill(config):
+        return (f"absent tokens are {what}, which this model was trained to read as unknown "
                 f"(token masking at rates up to {rate:g})")
-    return ("absent tokens are the modality's mean token, and this model was trained without token masking: it may "
-            "read the mean token as a value rather than as unknown, so scores from sparse contexts can differ "
-            "from what the model does at the real input")
+    trained = ("trained without token masking" if rate == 0 else
+               f"trained with token masking by {'the mean token' if fill == 'remove' else 'removal'}, not this absence")
+    return (f"absent tokens are {what}, and this model was {trained}: it may read "
+            f"{'a missing token' if fill == 'remove' else 'the mean token'} as a value rather than as unknown, so "
+            "scores from sparse contexts can differ from what the model does at the real input")
