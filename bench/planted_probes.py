@@ -148,7 +148,8 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str, rates: dict[str, float
                         share["own kind"].setdefault(head, []).append(mass[own] / total)
             if kind not in hits:
                 continue
-            game = example.game_for("mixture", output="probability")
+            # the model checks remove the tokens the way the explanation does (the Explainer's fill)
+            game = example.game_for("mixture", output="probability", fill=explainer.fill)
             text_p, image_p = planted_players(game, row)
             cand = exp.candidate_players
             recall["text"].append(any(p in row["text_positions"] for p in cand.get("text", [])))
@@ -188,7 +189,8 @@ def run(ckpt: Path, rows_by_kind: dict, args, label: str, rates: dict[str, float
                         own_drops[key][0].append(first.ranked_drop)
                         own_drops[key][1].append(first.random_mean)
             if args.reference_budget:
-                ref_game = example.game_for("mixture", output=explainer.output, autocast_dtype=explainer.autocast_dtype)
+                ref_game = example.game_for("mixture", output=explainer.output, autocast_dtype=explainer.autocast_dtype,
+                                            fill=explainer.fill)
                 tops = {key: player_pair(top_pair, ref_game)
                         for key, top_pair in (("sii", exp.synergy_pairs[0]), ("redundancy_gap", exp.redundancy_pairs[0]))}
                 ref = reference_run(ref_game, args.reference_budget, 10_000 + i, list(tops.values()))
