@@ -3,7 +3,7 @@ coalition evaluations per stage, the game's achieved GFLOP/s against the matmul 
 run, and the hit rates beside the times (so that no speed is bought with accuracy unseen).
 
 Stages: encode (`Explainer.prepare`: the processor's frozen encoders and the projection), candidates (the
-first-order occlusion effects that pick the candidate players), maps (attribution maps of every head), SII/RG
+first-order occlusion effects and the effects in half-full contexts that pick the candidate players), maps (attribution maps of every head), SII/RG
 (the pair approximator), faithfulness (top-K% masking curves of every head's map), pair masking (top pairs
 against random pairs), and the rest (the full forward, bookkeeping).
 
@@ -89,6 +89,8 @@ class StageClock:
             (explainer_module, "pair_masking_fn", self.timed("pair masking", explainer_module.pair_masking_fn)),
             (FeatureGame, "_logits", counting),
         ]
+        if hasattr(explainer_module, "context_effects"):  # the candidates' half-full contexts (newer versions)
+            patches.append((explainer_module, "context_effects", self.timed("candidates", explainer_module.context_effects)))
         saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         try:
             for owner, name, fn in patches:
@@ -246,15 +248,17 @@ def side_by_side(title: str, ours: list[list[float]], theirs: list[list[float]],
           f"{statistics.median(pooled_a) / statistics.median(pooled_b):.2f}x faster")
 
 
-def measured(call: str, shape: str, args, baseline: Baseline | None) -> tuple[Any, dict, StageClock, list[float]]:
-    """This version's run of `call` under the stage clock, alternating with the baseline's runs when given."""
+def measured(call: str, shape: str, args, baseline: Baseline | None,
+             baseline_call: str | None = None) -> tuple[Any, dict, StageClock, list[float]]:
+    """This version's run of `call` under the stage clock, alternating with the baseline's runs (of
+    `baseline_call`, default `call`) when given."""
     explainer, rows, prepare, hit = eval(call)
     explainer.explain(prepare(rows[0]), random_state=0)  # warm-up, outside the stage clock
     clock = StageClock()
     ours, theirs, result = [], [], None
     for _ in range(2 if baseline else 1):
         if baseline:
-            theirs.append(baseline.run(call)["seconds"])
+            theirs.append(baseline.run(baseline_call or call)["seconds"])
         with clock.installed() if result is None else contextlib.nullcontext():
             r = explain_all(explainer, rows, prepare, hit, warm_up=False)
         result = result or r
@@ -269,7 +273,9 @@ def planted(args, peak: dict[str, float], baseline: Baseline | None) -> None:
     if not (ckpt / "config.json").is_file():
         print(f"\nno checkpoint at {ckpt}: run `make demo` first for the planted rows")
         return
-    explainer, result, clock, seconds = measured(f"planted_examples({str(ckpt)!r}, {args.n})", "planted", args, baseline)
+    theirs = Path(args.baseline_checkpoint or ckpt).resolve()
+    explainer, result, clock, seconds = measured(f"planted_examples({str(ckpt.resolve())!r}, {args.n})", "planted", args,
+                                                 baseline, f"planted_examples({str(theirs)!r}, {args.n})")
     hits = defaultdict(list)
     for kind, ok in result["hits"]:
         hits[kind].append(ok)
@@ -299,6 +305,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10, help="planted examples per kind")
     parser.add_argument("--paper", type=int, default=3, help="paper-shape examples (0: skip)")
     parser.add_argument("--baseline", default=None, help="a commit (or a folder) of this project to time side by side")
+    parser.add_argument("--baseline-checkpoint", default=None,
+                        help="the checkpoint the baseline explains (default: --checkpoint); for a baseline that cannot "
+                             "load it, e.g. the same weights with a config field it knows (the planted data must sit "
+                             "beside it, in ../data)")
     args = parser.parse_args()
     cpu = "AMX" if "amx_tile" in cpu_flags() else ("avx512_bf16" if "avx512_bf16" in cpu_flags() else "no native bf16")
     print(f"CPU threads {torch.get_num_threads()} ({cpu}); explanation precision: "

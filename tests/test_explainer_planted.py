@@ -1,7 +1,7 @@
 """The whole Explainer, end to end, against planted ground truth.
 
 The demo's FL-I2MoE is trained (real offline encoders on their local settings, real Trainer, the shipped
-planted recipe with token masking) on the demo's planted benchmark; `Explainer.explain` at its defaults
+planted recipe: token masking by removal) on the demo's planted benchmark; `Explainer.explain` at its defaults
 must then rank the planted (word, region) pair first: by SII in the synergy examples that carry it, by RG
 in the redundancy examples that carry it (both presence-coded cues present), and say that the model was
 trained to read an absent token as unknown.
@@ -31,7 +31,7 @@ def planted_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("planted_e2e")
     # the demo's run: its benchmark (`fli2moe demo`'s sizes and split, seed 0) and the shipped planted recipe
-    # (hub_configs/planted.json: token masking, fp32, its epochs and learning rate); bench/planted_probes.py
+    # (hub_configs/planted.json: token masking by removal, fp32, its epochs and learning rate); bench/planted_probes.py
     # scores the same checkpoint on 40 examples per kind. Smaller runs were fragile: on only the synergy and
     # redundancy kinds a small model read the word cue off the caption's count of filler adjectives (the
     # evidence word takes one's place) and SII ranked (filler adjective, planted region) first, right about
