@@ -61,11 +61,9 @@ class FLI2MoEConfig(PreTrainedConfig):
             interaction losses: `noise` (N(0, 1)), `zero`, `mean` (the dataset-mean token) or `remove` (masked out).
         interaction_space (`str`, defaults to `"latent"`): where interaction losses compare the clean and knocked-out
             passes: `latent` (pooled expert latents) or `logits`.
-        token_masking (`float`, defaults to 0.0): in training, each example draws a rate uniformly from `[0,
-            token_masking]` and each of its tokens becomes absent with that probability: masked out when `fill` is
-            `remove`, else its modality's dataset-mean token (the explanations' fill for an absent token follows the
-            same rule), so that the model reads an absent token as "unknown", not as a value, in contexts as sparse as
-            an interaction index samples. `0` turns it off.
+        token_masking (`float`, defaults to 0.0): in training, each example draws a rate `r ~ U(0, token_masking)` and each
+            of its tokens becomes absent with probability `r` (masked out if `fill` is `remove`, else the dataset-mean
+            token, as in the explanations' games), so that the model reads an absent token as "unknown". `0`: off.
         mixture (`str`, defaults to `"interaction"`): `interaction` (M uniqueness experts, a synergy and a redundancy
             expert, a router) or `dense` (one expert, no router, no interaction loss).
         num_labels / id2label / label2id / problem_type: as in every transformers classifier; `problem_type` is one of

@@ -2,13 +2,12 @@
 
 Each modality arrives as a frozen encoder's token features `(B, T_m, D_m)`, is projected to width H, gets
 within-modality sinusoidal positions and a modality embedding, and joins one sequence. E expert Transformers
-(pre-LayerNorm: joint self-attention, then a feed-forward layer per modality) pool every modality by a masked
-mean and classify the concatenated means; their weights carry a leading expert dimension, so all experts run
-as batched matmuls. With `mixture="interaction"`: one uniqueness expert per modality, a synergy and a
-redundancy expert, and a router whose softmax weights mix their logits; in training each modality in turn is
-knocked out (`config.fill`) and interaction losses ask a uniqueness expert to move most under its own
-modality's knock-out, the synergy expert to change under any, the redundancy expert under none.
-`mixture="dense"` is one expert and no router.
+(pre-LayerNorm: joint self-attention, then a feed-forward layer per modality) pool every modality by a masked mean
+and classify the concatenated means; their weights carry a leading expert dimension, so all experts run as batched
+matmuls. With `mixture="interaction"`: one uniqueness expert per modality, a synergy and a redundancy expert, and a
+router whose softmax weights mix their logits; in training each modality in turn is knocked out (`config.fill`) and
+interaction losses ask a uniqueness expert to move most under its own modality's knock-out, the synergy expert to
+change under any, the redundancy expert under none. `mixture="dense"` is one expert and no router.
 """
 
 from __future__ import annotations
@@ -383,12 +382,10 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
             return self.projections[name](getattr(self.modality_means, name).to(like.dtype)).expand_as(like)
         return torch.zeros_like(like)
 
-    def mask_tokens(
-        self, projected: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], generator: torch.Generator | None = None
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Training-time token masking (`config.token_masking`): each example draws a rate from `U(0, token_masking)`
-        and each of its tokens becomes absent with it: masked out of attention and pooling when `config.fill` is
-        `remove`, else replaced by its modality's projected mean token. Returns `(projected, masks)`."""
+    def mask_tokens(self, projected: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                    generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Training-time token masking (`config.token_masking`): each example draws a rate from `U(0, token_masking)` and
+        each of its tokens becomes absent with it (masked out if `config.fill` is `remove`, else its projected mean token)."""
         any_x = projected[self.modality_names[0]]
         rate = torch.rand(any_x.shape[0], 1, generator=generator, device=any_x.device) * self.config.token_masking
         drop = {n: torch.rand(x.shape[:2], generator=generator, device=x.device) < rate for n, x in projected.items()}
@@ -468,8 +465,7 @@ class FLI2MoEModel(FLI2MoEPreTrainedModel):
         if self.training and self.config.token_masking > 0:
             projected, masks = self.mask_tokens(projected, masks, generator)
         weights = self.route(projected, masks)
-        if compute_interaction_loss is None:
-            compute_interaction_loss = labels is not None
+        compute_interaction_loss = labels is not None if compute_interaction_loss is None else compute_interaction_loss
         compute_interaction_loss = compute_interaction_loss and self.config.mixture == "interaction"
 
         names = self.modality_names
