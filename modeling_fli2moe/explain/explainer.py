@@ -221,8 +221,9 @@ class Explainer:
         step(0.3, "Shapley interactions of the candidate pairs")
         search = effects.evaluations
         if self.candidates == "occlusion":  # removal from the full input, and effects in half-full contexts
+            before = game.evaluations
             context = context_effects(game, random_state=rng)
-            search += context.numel() + context.shape[0]
+            search += game.evaluations - before
             candidate_scores = effects.removal.abs() + context.abs().mean(0)
         elif self.candidates == self.method:
             candidate_scores = game.player_scores(maps.maps["mixture"])
